@@ -1,0 +1,441 @@
+//! The agent: observe every knob, diff against the profile, correct enforce-mode drift (after
+//! journalling the original), and produce a [`Report`] plus the [`Event`]s of this pass.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::journal::Journal;
+use crate::kernel::{HostFs, KernelError, Reading, Target};
+use crate::profile::{Mode, Profile};
+use crate::reconcile::{self, Action, State};
+
+/// Longest wait between two correction attempts of a knob that keeps failing.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// One knob in a report.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KnobReport {
+    pub name: String,
+    /// The profile setting it belongs to (per-size THP knobs share `thp.per_size`).
+    pub setting: String,
+    pub desired: String,
+    pub actual: Option<String>,
+    pub in_sync: bool,
+    pub mode: &'static str,
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip)]
+    pub desired_number: Option<i64>,
+    #[serde(skip)]
+    pub actual_number: Option<i64>,
+}
+
+/// The node's state after one pass.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    /// Every enforce-mode knob is in sync (or not applicable).
+    pub ready: bool,
+    /// How `net.*` knobs are tied to the host's network namespace.
+    pub netns: String,
+    pub settings: Vec<KnobReport>,
+}
+
+impl Report {
+    /// Enforce-mode knobs that are not in sync.
+    pub fn failing(&self) -> impl Iterator<Item = &KnobReport> {
+        self.settings
+            .iter()
+            .filter(|k| k.mode == Mode::Enforce.as_str() && !k.in_sync)
+    }
+
+    /// An enforce-mode knob could not be read.
+    pub fn unreadable(&self) -> bool {
+        self.failing().any(|k| k.state == "error")
+    }
+}
+
+/// Something that happened in a pass (logged, counted, and sent to reporters).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    DriftDetected {
+        knob: String,
+        desired: String,
+        actual: String,
+        mode: Mode,
+    },
+    Corrected {
+        knob: String,
+        from: String,
+        to: String,
+    },
+    CorrectionFailed {
+        knob: String,
+        error: String,
+    },
+    ReadFailed {
+        knob: String,
+        error: String,
+    },
+}
+
+/// Where originals are recorded before a change.
+#[derive(Debug)]
+pub enum JournalSlot {
+    /// No state directory: this agent never writes (check).
+    None,
+    Ready(Journal),
+    /// The journal could not be loaded: no knob is changed until it is fixed.
+    Broken(String),
+}
+
+#[derive(Debug, Default, Clone)]
+struct Memory {
+    last: Option<&'static str>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
+}
+
+/// One node agent over a resolved profile.
+#[derive(Debug)]
+pub struct Agent {
+    fs: HostFs,
+    targets: Vec<Target>,
+    memory: Vec<Memory>,
+    journal: JournalSlot,
+    interval: Duration,
+}
+
+fn backoff(interval: Duration, failures: u32) -> Duration {
+    let base = interval
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
+        .min(MAX_BACKOFF);
+    // ±20% jitter, so a fleet that failed together does not retry together.
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let factor = 0.8 + f64::from(nanos % 1000) / 1000.0 * 0.4;
+    base.mul_f64(factor)
+}
+
+impl Agent {
+    pub fn new(fs: HostFs, profile: &Profile, journal: JournalSlot) -> Agent {
+        let targets = fs.resolve(profile);
+        Agent {
+            memory: vec![Memory::default(); targets.len()],
+            targets,
+            fs,
+            journal,
+            interval: profile.interval,
+        }
+    }
+
+    pub fn fs(&self) -> &HostFs {
+        &self.fs
+    }
+
+    pub fn fs_mut(&mut self) -> &mut HostFs {
+        &mut self.fs
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Reads every knob; writes nothing.
+    pub fn observe(&mut self) -> Report {
+        let mut settings = Vec::with_capacity(self.targets.len());
+        for t in &mut self.targets {
+            let obs = self.fs.read(t);
+            let state = reconcile::evaluate(&t.desired, &obs);
+            settings.push(knob_report(t, &obs, &state, None));
+        }
+        self.report(settings)
+    }
+
+    /// What `apply` would write: (knob, actual, value to write).
+    pub fn plan(&mut self) -> Vec<(String, String, String)> {
+        let mut out = vec![];
+        for t in &mut self.targets {
+            let obs = self.fs.read(t);
+            let state = reconcile::evaluate(&t.desired, &obs);
+            if let (Action::Correct(v), Ok(Some(r))) = (reconcile::decide(t.mode, &t.desired, &state), &obs) {
+                out.push((t.name.clone(), r.value.clone(), v));
+            }
+        }
+        out
+    }
+
+    /// One pass: observe, correct enforce-mode drift (journal first), report.
+    pub fn reconcile(&mut self, now: Instant) -> (Report, Vec<Event>) {
+        let mut events = vec![];
+        let mut settings = Vec::with_capacity(self.targets.len());
+        for (t, mem) in self.targets.iter_mut().zip(self.memory.iter_mut()) {
+            let mut obs = self.fs.read(t);
+            let mut state = reconcile::evaluate(&t.desired, &obs);
+            let mut note = None;
+            if state == State::Drift && mem.last != Some("drift") {
+                events.push(Event::DriftDetected {
+                    knob: t.name.clone(),
+                    desired: t.desired.to_string(),
+                    actual: actual_text(&obs),
+                    mode: t.mode,
+                });
+            }
+            if let State::Error(e) = &state
+                && mem.last != Some("error")
+            {
+                events.push(Event::ReadFailed {
+                    knob: t.name.clone(),
+                    error: e.to_string(),
+                });
+            }
+            mem.last = Some(state.as_str());
+            if let Action::Correct(value) = reconcile::decide(t.mode, &t.desired, &state) {
+                if mem.retry_at.is_some_and(|at| now < at) {
+                    note = mem.last_error.clone().map(|e| format!("{e} (retrying with backoff)"));
+                } else {
+                    let from = actual_text(&obs);
+                    match correct(&self.fs, &mut self.journal, t, &from, &value) {
+                        Ok(r) => {
+                            events.push(Event::Corrected {
+                                knob: t.name.clone(),
+                                from,
+                                to: r.value.clone(),
+                            });
+                            obs = Ok(Some(r));
+                            state = State::InSync;
+                            *mem = Memory {
+                                last: Some(state.as_str()),
+                                ..Memory::default()
+                            };
+                        }
+                        Err(error) => {
+                            mem.failures += 1;
+                            mem.retry_at = Some(now + backoff(self.interval, mem.failures));
+                            mem.last_error = Some(error.clone());
+                            events.push(Event::CorrectionFailed {
+                                knob: t.name.clone(),
+                                error: error.clone(),
+                            });
+                            note = Some(error);
+                        }
+                    }
+                }
+            }
+            settings.push(knob_report(t, &obs, &state, note));
+        }
+        for e in &events {
+            log_event(e);
+        }
+        (self.report(settings), events)
+    }
+
+    fn report(&self, settings: Vec<KnobReport>) -> Report {
+        Report {
+            ready: settings
+                .iter()
+                .all(|k| k.in_sync || k.mode != Mode::Enforce.as_str()),
+            netns: self.fs.netns().describe(),
+            settings,
+        }
+    }
+}
+
+/// Journal the original, write, and verify by read-back.
+fn correct(
+    fs: &HostFs,
+    journal: &mut JournalSlot,
+    t: &mut Target,
+    original: &str,
+    value: &str,
+) -> Result<Reading, String> {
+    match journal {
+        JournalSlot::Ready(j) => {
+            j.record(&t.name, &t.location, original)
+                .map_err(|e| format!("{}: not changed, the original could not be recorded: {e}", t.name))?;
+        }
+        JournalSlot::Broken(why) => {
+            return Err(format!("{}: not changed, the state journal is unusable: {why}", t.name));
+        }
+        JournalSlot::None => return Err(format!("{}: not changed (read-only agent)", t.name)),
+    }
+    let r = fs.write(t, value).map_err(|e| e.to_string())?;
+    if reconcile::satisfies(&t.desired, &r) {
+        Ok(r)
+    } else {
+        Err(KernelError::NotApplied {
+            knob: t.name.clone(),
+            path: fs.path(&t.location),
+            wrote: value.to_string(),
+            read: r.value,
+        }
+        .to_string())
+    }
+}
+
+fn actual_text(obs: &Result<Option<Reading>, KernelError>) -> String {
+    match obs {
+        Ok(Some(r)) => r.value.clone(),
+        Ok(None) => "n/a".into(),
+        Err(_) => "?".into(),
+    }
+}
+
+fn knob_report(
+    t: &Target,
+    obs: &Result<Option<Reading>, KernelError>,
+    state: &State,
+    note: Option<String>,
+) -> KnobReport {
+    let (actual, actual_number) = match obs {
+        Ok(Some(r)) => (Some(r.value.clone()), r.number),
+        _ => (None, None),
+    };
+    let error = match state {
+        State::Error(e) => Some(e.to_string()),
+        _ => note,
+    };
+    KnobReport {
+        name: t.name.clone(),
+        setting: t.setting.clone(),
+        desired: t.desired.to_string(),
+        actual,
+        in_sync: state.is_ok(),
+        mode: t.mode.as_str(),
+        state: state.as_str(),
+        error,
+        desired_number: t.desired.numeric(),
+        actual_number,
+    }
+}
+
+fn log_event(e: &Event) {
+    match e {
+        Event::DriftDetected {
+            knob,
+            desired,
+            actual,
+            mode,
+        } => tracing::warn!(knob, desired, actual, mode = mode.as_str(), "drift detected"),
+        Event::Corrected { knob, from, to } => tracing::info!(knob, from, to, "drift corrected"),
+        Event::CorrectionFailed { knob, error } => tracing::error!(knob, error, "correction failed"),
+        Event::ReadFailed { knob, error } => tracing::error!(knob, error, "cannot read knob"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::tests::FakeTree;
+
+    fn agent(tree: &FakeTree, profile: &Profile, state: &std::path::Path) -> Agent {
+        let j = Journal::load(state).unwrap();
+        Agent::new(tree.fs(), profile, JournalSlot::Ready(j))
+    }
+
+    #[test]
+    fn corrects_enforce_drift_and_journals_originals_first() {
+        let tree = FakeTree::untuned();
+        let state = tree.dir.path().join("state");
+        let mut a = agent(&tree, &Profile::default(), &state);
+        let before = a.observe();
+        assert!(!before.ready);
+        assert_eq!(before.failing().count(), 5);
+        let (r, events) = a.reconcile(Instant::now());
+        assert!(r.ready, "{r:#?}");
+        assert_eq!(events.iter().filter(|e| matches!(e, Event::DriftDetected { .. })).count(), 5);
+        assert_eq!(events.iter().filter(|e| matches!(e, Event::Corrected { .. })).count(), 5);
+        assert_eq!(tree.get("proc/sys/vm/overcommit_memory"), "1\n");
+        assert_eq!(tree.get("proc/sys/net/core/somaxconn"), "2048\n");
+        // Fake files hold what was written; the kernel would show the bracketed list.
+        assert_eq!(tree.get("sys/kernel/mm/transparent_hugepage/enabled"), "never\n");
+        let j = Journal::load(&state).unwrap();
+        let o: Vec<_> = j.originals().iter().map(|(k, v)| (k.as_str(), v.value.as_str())).collect();
+        assert_eq!(
+            o,
+            [
+                ("net.core.somaxconn", "128"),
+                ("thp.defrag", "madvise"),
+                ("thp.enabled", "always"),
+                ("thp.hugepages-2048kB.enabled", "always"),
+                ("vm.overcommit_memory", "0"),
+            ]
+        );
+    }
+
+    #[test]
+    fn higher_somaxconn_is_never_lowered_and_audit_is_never_written() {
+        let tree = FakeTree::untuned();
+        tree.put("proc/sys/net/core/somaxconn", "65535\n");
+        let p = Profile::from_yaml("sysctls:\n  vm.overcommit_memory: {mode: audit}\n").unwrap();
+        let mut a = agent(&tree, &p, &tree.dir.path().join("state"));
+        let (r, events) = a.reconcile(Instant::now());
+        assert_eq!(tree.get("proc/sys/net/core/somaxconn"), "65535\n");
+        assert_eq!(tree.get("proc/sys/vm/overcommit_memory"), "0\n");
+        assert!(events.contains(&Event::DriftDetected {
+            knob: "vm.overcommit_memory".into(),
+            desired: "1".into(),
+            actual: "0".into(),
+            mode: Mode::Audit
+        }));
+        // Audit-mode drift does not make the node unready.
+        assert!(r.ready, "{r:#?}");
+        let k = r.settings.iter().find(|k| k.name == "vm.overcommit_memory").unwrap();
+        assert_eq!((k.in_sync, k.state, k.mode), (false, "drift", "audit"));
+    }
+
+    #[test]
+    fn broken_journal_blocks_writes_and_failures_back_off() {
+        let tree = FakeTree::untuned();
+        let mut a = Agent::new(tree.fs(), &Profile::default(), JournalSlot::Broken("corrupt".into()));
+        let t0 = Instant::now();
+        let (r, events) = a.reconcile(t0);
+        assert!(!r.ready);
+        assert_eq!(tree.get("proc/sys/vm/overcommit_memory"), "0\n");
+        assert_eq!(events.iter().filter(|e| matches!(e, Event::CorrectionFailed { .. })).count(), 5);
+        let k = &r.settings[0];
+        assert!(k.error.as_deref().unwrap_or("").contains("state journal is unusable"), "{k:?}");
+        // Within the backoff nothing is retried and drift is not re-announced.
+        let (_, events) = a.reconcile(t0 + Duration::from_millis(10));
+        assert!(events.is_empty(), "{events:?}");
+        // After it, it retries.
+        let (_, events) = a.reconcile(t0 + MAX_BACKOFF + Duration::from_secs(1));
+        assert_eq!(events.len(), 5, "{events:?}");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let i = Duration::from_secs(1);
+        assert!(backoff(i, 1) <= Duration::from_millis(1200) && backoff(i, 1) >= Duration::from_millis(800));
+        assert!(backoff(i, 4) >= Duration::from_millis(6400));
+        assert!(backoff(i, 30) <= MAX_BACKOFF.mul_f64(1.2));
+    }
+
+    #[test]
+    fn not_applied_when_the_read_back_differs() {
+        // A knob whose file keeps its value: a write that "succeeds" but does not stick.
+        let tree = FakeTree::untuned();
+        let p = Profile::from_yaml("sysctls:\n  kernel.fixed: {equals: 5}\n").unwrap();
+        tree.put("proc/sys/kernel/fixed", "3\n");
+        let mut a = agent(&tree, &p, &tree.dir.path().join("state"));
+        let t = a.targets.iter_mut().find(|t| t.name == "kernel.fixed").unwrap();
+        let fs = &a.fs;
+        let _ = fs.read(t);
+        // Make the write land elsewhere: replace the file by a directory-backed symlink target.
+        let real = tree.dir.path().join("proc/sys/kernel/fixed");
+        std::fs::remove_file(&real).unwrap();
+        std::fs::create_dir_all(tree.dir.path().join("elsewhere")).unwrap();
+        tree.put("elsewhere/fixed", "3\n");
+        std::os::unix::fs::symlink(tree.dir.path().join("elsewhere/fixed"), &real).unwrap();
+        // The kept descriptor still reads the old (unlinked) file: the read-back shows 3.
+        let err = correct(fs, &mut JournalSlot::None, t, "3", "5").unwrap_err();
+        assert!(err.contains("read-only agent"), "{err}");
+        let mut slot = JournalSlot::Ready(Journal::load(&tree.dir.path().join("state2")).unwrap());
+        let err = correct(fs, &mut slot, t, "3", "5").unwrap_err();
+        assert!(err.contains("wrote \"5\"") && err.contains("reads back \"3\""), "{err}");
+    }
+}

@@ -1,0 +1,111 @@
+//! `/metrics`, `/healthz` and `/readyz` over HTTP/1.1 (hyper).
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::agent::Report;
+use crate::metrics::Metrics;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What `/readyz` answers: empty until the first pass, then the failing knobs.
+#[derive(Debug, Default)]
+pub struct Health {
+    state: Mutex<Option<(bool, String)>>,
+}
+
+impl Health {
+    pub fn update(&self, report: &Report) {
+        let detail = if report.ready {
+            "ready: every enforce-mode setting is in sync\n".to_string()
+        } else {
+            let mut s = String::from("not ready:\n");
+            for k in report.failing() {
+                s.push_str(&format!(
+                    "  {} desired {} actual {}{}\n",
+                    k.name,
+                    k.desired,
+                    k.actual.as_deref().unwrap_or("?"),
+                    k.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+                ));
+            }
+            s
+        };
+        if let Ok(mut st) = self.state.lock() {
+            *st = Some((report.ready, detail));
+        }
+    }
+
+    fn readyz(&self) -> (StatusCode, String) {
+        match self.state.lock().ok().and_then(|s| s.clone()) {
+            Some((true, d)) => (StatusCode::OK, d),
+            Some((false, d)) => (StatusCode::SERVICE_UNAVAILABLE, d),
+            None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no check yet\n".into()),
+        }
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn handle(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
+    }
+    match req.uri().path() {
+        "/metrics" => respond(StatusCode::OK, OPENMETRICS, metrics.encode()),
+        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => {
+            let (code, body) = health.readyz();
+            respond(code, "text/plain", body)
+        }
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: /metrics, /healthz, /readyz\n".into(),
+        ),
+    }
+}
+
+/// Serves until the task is dropped. Accept errors are logged and retried, never fatal.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: Arc<Health>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (m, h) = (metrics.clone(), health.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let resp = handle(&req, &m, &h);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,15 @@
+//! redis-node-tuner: sets, keeps and proves the Linux kernel settings Redis needs.
+//!
+//! Data flows one way: [`profile`] (desired state) → [`kernel`] (observe) → [`reconcile`]
+//! (diff, decide) → [`agent`] (act, journal originals) → reporters ([`metrics`], [`http`]).
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod cli;
+pub mod daemon;
+pub mod http;
+pub mod journal;
+pub mod kernel;
+pub mod metrics;
+pub mod profile;
+pub mod reconcile;

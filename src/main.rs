@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    redis_node_tuner::cli::main()
+}

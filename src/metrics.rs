@@ -1,0 +1,207 @@
+//! Prometheus metrics (prometheus-client), all prefixed `redis_node_tuner_`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::agent::{Event, Report};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SettingLabel {
+    pub setting: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CorrectionLabels {
+    pub setting: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub verb: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+/// The agent's metrics and their registry.
+pub struct Metrics {
+    registry: Registry,
+    in_sync: Family<SettingLabel, Gauge>,
+    enforced: Family<SettingLabel, Gauge>,
+    node_ready: Gauge,
+    drift: Family<SettingLabel, Counter>,
+    corrections: Family<CorrectionLabels, Counter>,
+    desired: Family<SettingLabel, Gauge>,
+    actual: Family<SettingLabel, Gauge>,
+    check_duration: Histogram,
+    initialized: AtomicBool,
+    /// Kubernetes API requests, by verb and result (used by the Kubernetes reporter).
+    pub kube_requests: Family<RequestLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn label(s: &str) -> SettingLabel {
+    SettingLabel {
+        setting: s.to_string(),
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("redis_node_tuner");
+        let m = Metrics {
+            in_sync: Family::default(),
+            enforced: Family::default(),
+            node_ready: Gauge::default(),
+            drift: Family::default(),
+            corrections: Family::default(),
+            desired: Family::default(),
+            actual: Family::default(),
+            // 5 µs .. ~80 ms
+            check_duration: Histogram::new(exponential_buckets(0.000_005, 2.0, 15)),
+            kube_requests: Family::default(),
+            initialized: AtomicBool::new(false),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "setting_in_sync",
+            "1 when the knob matches the profile (or does not apply to this kernel), else 0",
+            m.in_sync.clone(),
+        );
+        registry.register(
+            "setting_enforced",
+            "1 when the knob is in enforce mode, 0 in audit mode",
+            m.enforced.clone(),
+        );
+        registry.register(
+            "node_ready",
+            "1 when every enforce-mode knob is in sync",
+            m.node_ready.clone(),
+        );
+        registry.register(
+            "drift_detected",
+            "Times a knob was found out of sync after being in sync (or at start)",
+            m.drift.clone(),
+        );
+        registry.register(
+            "corrections",
+            "Correction attempts by result (success, failure)",
+            m.corrections.clone(),
+        );
+        registry.register(
+            "setting_desired_value",
+            "Desired value of numeric knobs (the bound, for at_least / at_most)",
+            m.desired.clone(),
+        );
+        registry.register(
+            "setting_actual_value",
+            "Value read from numeric knobs",
+            m.actual.clone(),
+        );
+        registry.register(
+            "check_duration_seconds",
+            "Time of one full observe-and-correct pass",
+            m.check_duration.clone(),
+        );
+        registry.register(
+            "kube_requests",
+            "Kubernetes API requests by verb and result",
+            m.kube_requests.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Records one pass.
+    pub fn observe(&self, report: &Report, events: &[Event], took: Duration) {
+        self.check_duration.observe(took.as_secs_f64());
+        self.node_ready.set(i64::from(report.ready));
+        let first = !self.initialized.swap(true, Ordering::Relaxed);
+        for k in &report.settings {
+            let l = label(&k.name);
+            self.in_sync.get_or_create(&l).set(i64::from(k.in_sync));
+            self.enforced
+                .get_or_create(&l)
+                .set(i64::from(k.mode == "enforce"));
+            if first {
+                // Counters exist from the start, so rate() and absent() work.
+                let _ = self.drift.get_or_create(&l);
+                for result in ["success", "failure"] {
+                    let _ = self.corrections.get_or_create(&CorrectionLabels {
+                        setting: k.name.clone(),
+                        result,
+                    });
+                }
+            }
+            if let Some(d) = k.desired_number {
+                self.desired.get_or_create(&l).set(d);
+            }
+            match k.actual_number {
+                Some(a) => {
+                    self.actual.get_or_create(&l).set(a);
+                }
+                None => {
+                    self.actual.remove(&l);
+                }
+            }
+        }
+        for e in events {
+            match e {
+                Event::DriftDetected { knob, .. } => {
+                    self.drift.get_or_create(&label(knob)).inc();
+                }
+                Event::Corrected { knob, .. } | Event::CorrectionFailed { knob, .. } => {
+                    let result = if matches!(e, Event::Corrected { .. }) {
+                        "success"
+                    } else {
+                        "failure"
+                    };
+                    self.corrections
+                        .get_or_create(&CorrectionLabels {
+                            setting: knob.clone(),
+                            result,
+                        })
+                        .inc();
+                }
+                Event::ReadFailed { .. } => {}
+            }
+        }
+    }
+
+    /// The exposition, OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
