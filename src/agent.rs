@@ -255,7 +255,8 @@ fn correct(
 ) -> Result<Reading, String> {
     match journal {
         JournalSlot::Ready(j) => {
-            j.record(&t.name, &t.location, original)
+            let netns = if t.location.is_net() { fs.net_ns_ino() } else { None };
+            j.record(&t.name, &t.location, original, netns)
                 .map_err(|e| format!("{}: not changed, the original could not be recorded: {e}", t.name))?;
         }
         JournalSlot::Broken(why) => {

@@ -294,6 +294,15 @@ fn restore(fs: &HostFs, state_dir: &std::path::Path) -> Exit {
     }
     let mut failed = 0;
     for (knob, original) in journal.originals() {
+        if original.location.is_net() && original.netns.is_some() && original.netns != fs.net_ns_ino() {
+            failed += 1;
+            println!(
+                "failed {knob}: its original was recorded in network namespace net:[{}], this is {}; run restore there",
+                original.netns.unwrap_or_default(),
+                fs.net_ns_ino().map(|i| format!("net:[{i}]")).unwrap_or_else(|| "an unverified one".into())
+            );
+            continue;
+        }
         let mut t = Target::for_restore(knob, original.location.clone());
         match fs.write(&mut t, &original.value) {
             Ok(r) if r.value == original.value => println!("restored {knob}: {}", original.value),

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use crate::agent::Report;
 use crate::metrics::Metrics;
 
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What `/readyz` answers: empty until the first pass, then the failing knobs.
@@ -68,7 +69,18 @@ fn handle(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Respon
         return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
     }
     match req.uri().path() {
-        "/metrics" => respond(StatusCode::OK, OPENMETRICS, metrics.encode()),
+        "/metrics" => {
+            let wants_om = req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("application/openmetrics-text"));
+            if wants_om {
+                respond(StatusCode::OK, OPENMETRICS, metrics.encode_openmetrics())
+            } else {
+                respond(StatusCode::OK, PROMETHEUS_TEXT, metrics.encode_prometheus())
+            }
+        }
         "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
             let (code, body) = health.readyz();

@@ -38,6 +38,10 @@ pub struct Original {
     pub value: String,
     /// Seconds since the epoch when it was recorded.
     pub recorded_at: u64,
+    /// For `net.*` knobs: the inode of the network namespace the value was read in, so a
+    /// restore never writes one namespace's original into another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -92,7 +96,13 @@ impl Journal {
 
     /// Records `value` as the original of `knob` unless one is recorded already, and makes it
     /// durable before returning. Returns whether it was added.
-    pub fn record(&mut self, knob: &str, location: &Location, value: &str) -> Result<bool, JournalError> {
+    pub fn record(
+        &mut self,
+        knob: &str,
+        location: &Location,
+        value: &str,
+        netns: Option<u64>,
+    ) -> Result<bool, JournalError> {
         if self.originals.contains_key(knob) {
             return Ok(false);
         }
@@ -106,6 +116,7 @@ impl Journal {
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
+                netns,
             },
         );
         self.persist(&next)?;
@@ -210,9 +221,9 @@ mod tests {
         let state = dir.path().join("state");
         let mut j = Journal::load(&state).unwrap();
         assert!(j.originals().is_empty());
-        assert!(j.record("vm.overcommit_memory", &loc("sys/vm/overcommit_memory"), "0").unwrap());
+        assert!(j.record("vm.overcommit_memory", &loc("sys/vm/overcommit_memory"), "0", None).unwrap());
         // A later change never overwrites the recorded original.
-        assert!(!j.record("vm.overcommit_memory", &loc("sys/vm/overcommit_memory"), "1").unwrap());
+        assert!(!j.record("vm.overcommit_memory", &loc("sys/vm/overcommit_memory"), "1", None).unwrap());
         let j = Journal::load(&state).unwrap();
         assert_eq!(j.originals()["vm.overcommit_memory"].value, "0");
         assert!(!state.join(TMP_NAME).exists());
@@ -224,7 +235,7 @@ mod tests {
     fn crash_between_write_and_rename_keeps_the_old_journal() {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::load(dir.path()).unwrap();
-        j.record("a.b", &loc("sys/a/b"), "1").unwrap();
+        j.record("a.b", &loc("sys/a/b"), "1", None).unwrap();
         let before = fs::read(dir.path().join(FILE_NAME)).unwrap();
         // Simulate a crash: the new journal reached the temp file, the rename never happened.
         let mut next = j.originals().clone();
@@ -234,6 +245,7 @@ mod tests {
                 location: loc("sys/c/d"),
                 value: "2".into(),
                 recorded_at: 0,
+                netns: None,
             },
         );
         j.write_tmp(&next).unwrap();
@@ -242,7 +254,7 @@ mod tests {
         let mut j = Journal::load(dir.path()).unwrap();
         assert_eq!(j.originals().keys().collect::<Vec<_>>(), ["a.b"]);
         // The next record replaces the stale temp file and commits cleanly.
-        j.record("c.d", &loc("sys/c/d"), "3").unwrap();
+        j.record("c.d", &loc("sys/c/d"), "3", None).unwrap();
         let j = Journal::load(dir.path()).unwrap();
         assert_eq!(j.originals()["c.d"].value, "3");
     }
@@ -272,7 +284,7 @@ mod tests {
         let mut j = Journal::load(&state).unwrap();
         // The state directory's place is taken by a file.
         fs::write(&state, "x").unwrap();
-        let e = j.record("a.b", &loc("sys/a/b"), "1").unwrap_err();
+        let e = j.record("a.b", &loc("sys/a/b"), "1", None).unwrap_err();
         assert!(matches!(e, JournalError::Io { .. }), "{e}");
         assert!(j.originals().is_empty());
     }

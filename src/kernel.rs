@@ -186,13 +186,15 @@ struct OpenRequest {
 /// A thread that has entered another network namespace and opens files there.
 struct NetnsThread {
     tx: Mutex<mpsc::Sender<OpenRequest>>,
+    /// Inode of the namespace the thread entered.
+    ns_ino: Option<u64>,
 }
 
 impl NetnsThread {
     fn spawn(ns_file: &Path) -> io::Result<NetnsThread> {
         let ns = File::open(ns_file)?;
         let (tx, rx) = mpsc::channel::<OpenRequest>();
-        let (ready_tx, ready_rx) = mpsc::sync_channel::<io::Result<()>>(1);
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<io::Result<Option<u64>>>(1);
         std::thread::Builder::new()
             .name("netns".into())
             .spawn(move || {
@@ -202,15 +204,18 @@ impl NetnsThread {
                     return;
                 }
                 drop(ns);
-                let _ = ready_tx.send(Ok(()));
+                let _ = ready_tx.send(Ok(thread_netns_ino()));
                 for req in rx {
                     let _ = req.reply.send(open_file(&req.path, req.write));
                 }
             })?;
-        ready_rx
+        let ns_ino = ready_rx
             .recv()
             .map_err(|_| io::Error::other("netns thread exited"))??;
-        Ok(NetnsThread { tx: Mutex::new(tx) })
+        Ok(NetnsThread {
+            tx: Mutex::new(tx),
+            ns_ino,
+        })
     }
 
     fn open(&self, path: &Path, write: bool) -> io::Result<File> {
@@ -255,6 +260,11 @@ impl std::fmt::Debug for HostFs {
             .field("netns", &self.netns)
             .finish()
     }
+}
+
+/// Inode of the calling thread's network namespace (as in `net:[<inode>]`).
+fn thread_netns_ino() -> Option<u64> {
+    std::fs::metadata("/proc/thread-self/ns/net").ok().map(|m| m.ino())
 }
 
 fn ns_id(path: &Path) -> io::Result<(u64, u64)> {
@@ -318,6 +328,15 @@ impl HostFs {
         }
     }
 
+    /// Inode of the network namespace `net.*` knobs are opened in (`None`: unknown).
+    pub fn net_ns_ino(&self) -> Option<u64> {
+        match (&self.netns, &self.net_thread) {
+            (NetnsStatus::Unverified { .. }, _) => None,
+            (_, Some(t)) => t.ns_ino,
+            (_, None) => thread_netns_ino(),
+        }
+    }
+
     pub fn netns(&self) -> &NetnsStatus {
         &self.netns
     }
@@ -353,8 +372,10 @@ impl HostFs {
         }
     }
 
-    fn thp_present(&self) -> bool {
-        self.sys_root.join(THP_DIR).is_dir()
+    /// A kernel without THP has `kernel/mm` but no `transparent_hugepage` in it. A sys root
+    /// without `kernel/mm` is a wrong mount, reported as an error, not as "no THP".
+    fn thp_absent(&self) -> bool {
+        self.sys_root.join("kernel/mm").is_dir() && !self.sys_root.join(THP_DIR).exists()
     }
 
     /// Resolves a profile into the knobs of this host (per-size THP files are discovered).
@@ -368,9 +389,11 @@ impl HostFs {
                 Knob::ThpPerSize => {
                     let sizes = self.thp_sizes();
                     if sizes.is_empty() {
-                        // No THP, or a kernel before mTHP (6.8): nothing to check.
+                        // No THP, or a kernel before mTHP (6.8): nothing to check. A sys root
+                        // without kernel/mm reads as "not found" below.
                         let mut t = Target::new(s, &s.name, thp_loc("hugepages-*kB/enabled"), Format::Enum);
-                        t.not_applicable = true;
+                        t.not_applicable =
+                            self.thp_absent() || self.sys_root.join(THP_DIR).is_dir();
                         out.push(t);
                     }
                     for (kb, dir) in sizes {
@@ -414,7 +437,7 @@ impl HostFs {
             });
         }
         if t.fd.is_none() {
-            if t.location.root == Root::Sys && !self.thp_present() {
+            if t.location.root == Root::Sys && self.thp_absent() {
                 return Ok(None);
             }
             let fd = self

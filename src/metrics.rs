@@ -8,7 +8,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::agent::{Event, Report};
@@ -131,13 +130,14 @@ impl Metrics {
             "Kubernetes API requests by verb and result",
             m.kube_requests.clone(),
         );
-        registry.register(
-            "build",
-            "Build information",
-            Info::new(VersionLabel {
+        // A gauge rather than an OpenMetrics info: promtool's text parser rejects `info`.
+        let build = Family::<VersionLabel, Gauge>::default();
+        build
+            .get_or_create(&VersionLabel {
                 version: env!("CARGO_PKG_VERSION"),
-            }),
-        );
+            })
+            .set(1);
+        registry.register("build_info", "Build information (always 1)", build);
         Metrics { registry, ..m }
     }
 
@@ -197,11 +197,64 @@ impl Metrics {
         }
     }
 
-    /// The exposition, OpenMetrics text format.
-    pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(4096);
+    /// The exposition in the OpenMetrics text format.
+    pub fn encode_openmetrics(&self) -> String {
+        let mut out = String::with_capacity(8192);
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The exposition in the Prometheus text format 0.0.4 (what `promtool check metrics` and
+    /// scrapers that do not ask for OpenMetrics read): counter families are named with their
+    /// `_total` suffix and there is no `# EOF`.
+    pub fn encode_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.encode_openmetrics())
+    }
+}
+
+fn openmetrics_to_prometheus(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    let mut help: Option<&str> = None;
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            // Held until the TYPE line says whether the name needs `_total`.
+            help = Some(line);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let name = if kind == "counter" && !name.ends_with("_total") {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            if let Some(h) = help.take() {
+                let text = h.splitn(4, ' ').nth(3).unwrap_or("");
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counters_with_total() {
+        let om = "# HELP x_drift Drift.\n# TYPE x_drift counter\nx_drift_total{a=\"b\"} 1\n# HELP x_up Up.\n# TYPE x_up gauge\nx_up 1\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_prometheus(om),
+            "# HELP x_drift_total Drift.\n# TYPE x_drift_total counter\nx_drift_total{a=\"b\"} 1\n# HELP x_up Up.\n# TYPE x_up gauge\nx_up 1\n"
+        );
     }
 }

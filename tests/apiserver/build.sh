@@ -52,7 +52,21 @@ build() {
   local tmp="$bin.tmp.$$"
   echo "build.sh: building $bin (first build of k8s.io/kubernetes takes a while)..." >&2
   local start=$SECONDS
-  if ! (cd "$here" && go build -mod=readonly -buildvcs=false -trimpath -ldflags="-s -w" -o "$tmp" .) >&2; then
+  # Upstream release builds stamp the version with -X (hack/lib/version.sh);
+  # without it /version says "v0.0.0-master+$Format:%H$", which kubectl and
+  # other clients fail to parse. Take it from go.mod.
+  local kver
+  kver="$(cd "$here" && go list -mod=readonly -m -f '{{.Version}}' k8s.io/kubernetes)"
+  local major="${kver#v}" minor
+  major="${major%%.*}"
+  minor="${kver#v*.}"
+  minor="${minor%%.*}"
+  local ldflags="-s -w"
+  local pkg
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$kver -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+  done
+  if ! (cd "$here" && go build -mod=readonly -buildvcs=false -trimpath -ldflags="$ldflags" -o "$tmp" .) >&2; then
     rm -f "$tmp"
     echo "build.sh: go build failed" >&2
     return 1

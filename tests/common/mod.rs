@@ -1,0 +1,150 @@
+//! Shared helpers of the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_redis-node-tuner");
+
+/// A fake /proc + /sys tree (plain files) standing in for the host.
+pub struct Tree {
+    pub dir: tempfile::TempDir,
+}
+
+pub const OVERCOMMIT: &str = "proc/sys/vm/overcommit_memory";
+pub const SOMAXCONN: &str = "proc/sys/net/core/somaxconn";
+pub const THP_ENABLED: &str = "sys/kernel/mm/transparent_hugepage/enabled";
+pub const THP_DEFRAG: &str = "sys/kernel/mm/transparent_hugepage/defrag";
+pub const THP_2M: &str = "sys/kernel/mm/transparent_hugepage/hugepages-2048kB/enabled";
+
+impl Tree {
+    /// An untuned host: overcommit 0, somaxconn 128, THP always/madvise, 2 MiB size always.
+    pub fn untuned() -> Tree {
+        let t = Tree {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        t.put(OVERCOMMIT, "0\n");
+        t.put(SOMAXCONN, "128\n");
+        t.put(THP_ENABLED, "[always] madvise never\n");
+        t.put(THP_DEFRAG, "always defer defer+madvise [madvise] never\n");
+        t.put(THP_2M, "[always] inherit madvise never\n");
+        // PID 1 under this proc root shares the test's network namespace.
+        std::fs::create_dir_all(t.path("proc/1/ns")).expect("mkdir");
+        std::os::unix::fs::symlink("/proc/self/ns/net", t.path("proc/1/ns/net")).expect("symlink");
+        t
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes in place (the agent keeps descriptors open).
+    pub fn put(&self, rel: &str, content: &str) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, content).expect("write");
+    }
+
+    pub fn get(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).expect("read")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.path("state")
+    }
+
+    /// The command with --proc-root/--sys-root/--state-dir pointing into the tree.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .arg("--proc-root")
+            .arg(self.path("proc"))
+            .arg("--sys-root")
+            .arg(self.path("sys"))
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(args);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Out {
+        Out::of(self.cmd(args).output().expect("spawn redis-node-tuner"))
+    }
+}
+
+/// A finished command's exit code and output.
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn of(o: Output) -> Out {
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+/// Fails the test with a clear message when a required program is missing.
+pub fn require(program: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]) {
+        let p = dir.join(program);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{program} is required by this test (install it: see .ci/run)");
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A minimal HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Waits until `f` holds, up to `timeout`; returns whether it did.
+pub fn wait_for(timeout: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    f()
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
