@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::journal::Journal;
 use crate::kernel::{HostFs, KernelError, Reading, Target};
 use crate::profile::{Mode, Profile};
-use crate::reconcile::{self, Action, State};
+use crate::reconcile::{self, Action, Observed, State};
 
 /// Longest wait between two correction attempts of a knob that keeps failing.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -162,7 +162,9 @@ impl Agent {
         for t in &mut self.targets {
             let obs = self.fs.read(t);
             let state = reconcile::evaluate(&t.desired, &obs);
-            if let (Action::Correct(v), Ok(Some(r))) = (reconcile::decide(t.mode, &t.desired, &state), &obs) {
+            if let (Action::Correct(v), Ok(Some(r))) =
+                (reconcile::decide(t.mode, &t.desired, &state), &obs)
+            {
                 out.push((t.name.clone(), r.value.clone(), v));
             }
         }
@@ -196,7 +198,10 @@ impl Agent {
             mem.last = Some(state.as_str());
             if let Action::Correct(value) = reconcile::decide(t.mode, &t.desired, &state) {
                 if mem.retry_at.is_some_and(|at| now < at) {
-                    note = mem.last_error.clone().map(|e| format!("{e} (retrying with backoff)"));
+                    note = mem
+                        .last_error
+                        .clone()
+                        .map(|e| format!("{e} (retrying with backoff)"));
                 } else {
                     let from = actual_text(&obs);
                     match correct(&self.fs, &mut self.journal, t, &from, &value) {
@@ -255,12 +260,24 @@ fn correct(
 ) -> Result<Reading, String> {
     match journal {
         JournalSlot::Ready(j) => {
-            let netns = if t.location.is_net() { fs.net_ns_ino() } else { None };
+            let netns = if t.location.is_net() {
+                fs.net_ns_ino()
+            } else {
+                None
+            };
             j.record(&t.name, &t.location, original, netns)
-                .map_err(|e| format!("{}: not changed, the original could not be recorded: {e}", t.name))?;
+                .map_err(|e| {
+                    format!(
+                        "{}: not changed, the original could not be recorded: {e}",
+                        t.name
+                    )
+                })?;
         }
         JournalSlot::Broken(why) => {
-            return Err(format!("{}: not changed, the state journal is unusable: {why}", t.name));
+            return Err(format!(
+                "{}: not changed, the state journal is unusable: {why}",
+                t.name
+            ));
         }
         JournalSlot::None => return Err(format!("{}: not changed (read-only agent)", t.name)),
     }
@@ -278,7 +295,7 @@ fn correct(
     }
 }
 
-fn actual_text(obs: &Result<Option<Reading>, KernelError>) -> String {
+fn actual_text(obs: &Observed) -> String {
     match obs {
         Ok(Some(r)) => r.value.clone(),
         Ok(None) => "n/a".into(),
@@ -286,12 +303,7 @@ fn actual_text(obs: &Result<Option<Reading>, KernelError>) -> String {
     }
 }
 
-fn knob_report(
-    t: &Target,
-    obs: &Result<Option<Reading>, KernelError>,
-    state: &State,
-    note: Option<String>,
-) -> KnobReport {
+fn knob_report(t: &Target, obs: &Observed, state: &State, note: Option<String>) -> KnobReport {
     let (actual, actual_number) = match obs {
         Ok(Some(r)) => (Some(r.value.clone()), r.number),
         _ => (None, None),
@@ -321,9 +333,17 @@ fn log_event(e: &Event) {
             desired,
             actual,
             mode,
-        } => tracing::warn!(knob, desired, actual, mode = mode.as_str(), "drift detected"),
+        } => tracing::warn!(
+            knob,
+            desired,
+            actual,
+            mode = mode.as_str(),
+            "drift detected"
+        ),
         Event::Corrected { knob, from, to } => tracing::info!(knob, from, to, "drift corrected"),
-        Event::CorrectionFailed { knob, error } => tracing::error!(knob, error, "correction failed"),
+        Event::CorrectionFailed { knob, error } => {
+            tracing::error!(knob, error, "correction failed")
+        }
         Event::ReadFailed { knob, error } => tracing::error!(knob, error, "cannot read knob"),
     }
 }
@@ -348,14 +368,33 @@ mod tests {
         assert_eq!(before.failing().count(), 5);
         let (r, events) = a.reconcile(Instant::now());
         assert!(r.ready, "{r:#?}");
-        assert_eq!(events.iter().filter(|e| matches!(e, Event::DriftDetected { .. })).count(), 5);
-        assert_eq!(events.iter().filter(|e| matches!(e, Event::Corrected { .. })).count(), 5);
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::DriftDetected { .. }))
+                .count(),
+            5
+        );
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::Corrected { .. }))
+                .count(),
+            5
+        );
         assert_eq!(tree.get("proc/sys/vm/overcommit_memory"), "1\n");
         assert_eq!(tree.get("proc/sys/net/core/somaxconn"), "2048\n");
         // Fake files hold what was written; the kernel would show the bracketed list.
-        assert_eq!(tree.get("sys/kernel/mm/transparent_hugepage/enabled"), "never\n");
+        assert_eq!(
+            tree.get("sys/kernel/mm/transparent_hugepage/enabled"),
+            "never\n"
+        );
         let j = Journal::load(&state).unwrap();
-        let o: Vec<_> = j.originals().iter().map(|(k, v)| (k.as_str(), v.value.as_str())).collect();
+        let o: Vec<_> = j
+            .originals()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.value.as_str()))
+            .collect();
         assert_eq!(
             o,
             [
@@ -385,21 +424,41 @@ mod tests {
         }));
         // Audit-mode drift does not make the node unready.
         assert!(r.ready, "{r:#?}");
-        let k = r.settings.iter().find(|k| k.name == "vm.overcommit_memory").unwrap();
+        let k = r
+            .settings
+            .iter()
+            .find(|k| k.name == "vm.overcommit_memory")
+            .unwrap();
         assert_eq!((k.in_sync, k.state, k.mode), (false, "drift", "audit"));
     }
 
     #[test]
     fn broken_journal_blocks_writes_and_failures_back_off() {
         let tree = FakeTree::untuned();
-        let mut a = Agent::new(tree.fs(), &Profile::default(), JournalSlot::Broken("corrupt".into()));
+        let mut a = Agent::new(
+            tree.fs(),
+            &Profile::default(),
+            JournalSlot::Broken("corrupt".into()),
+        );
         let t0 = Instant::now();
         let (r, events) = a.reconcile(t0);
         assert!(!r.ready);
         assert_eq!(tree.get("proc/sys/vm/overcommit_memory"), "0\n");
-        assert_eq!(events.iter().filter(|e| matches!(e, Event::CorrectionFailed { .. })).count(), 5);
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::CorrectionFailed { .. }))
+                .count(),
+            5
+        );
         let k = &r.settings[0];
-        assert!(k.error.as_deref().unwrap_or("").contains("state journal is unusable"), "{k:?}");
+        assert!(
+            k.error
+                .as_deref()
+                .unwrap_or("")
+                .contains("state journal is unusable"),
+            "{k:?}"
+        );
         // Within the backoff nothing is retried and drift is not re-announced.
         let (_, events) = a.reconcile(t0 + Duration::from_millis(10));
         assert!(events.is_empty(), "{events:?}");
@@ -411,7 +470,10 @@ mod tests {
     #[test]
     fn backoff_grows_and_is_capped() {
         let i = Duration::from_secs(1);
-        assert!(backoff(i, 1) <= Duration::from_millis(1200) && backoff(i, 1) >= Duration::from_millis(800));
+        assert!(
+            backoff(i, 1) <= Duration::from_millis(1200)
+                && backoff(i, 1) >= Duration::from_millis(800)
+        );
         assert!(backoff(i, 4) >= Duration::from_millis(6400));
         assert!(backoff(i, 30) <= MAX_BACKOFF.mul_f64(1.2));
     }
@@ -423,7 +485,11 @@ mod tests {
         let p = Profile::from_yaml("sysctls:\n  kernel.fixed: {equals: 5}\n").unwrap();
         tree.put("proc/sys/kernel/fixed", "3\n");
         let mut a = agent(&tree, &p, &tree.dir.path().join("state"));
-        let t = a.targets.iter_mut().find(|t| t.name == "kernel.fixed").unwrap();
+        let t = a
+            .targets
+            .iter_mut()
+            .find(|t| t.name == "kernel.fixed")
+            .unwrap();
         let fs = &a.fs;
         let _ = fs.read(t);
         // Make the write land elsewhere: replace the file by a directory-backed symlink target.
@@ -437,6 +503,9 @@ mod tests {
         assert!(err.contains("read-only agent"), "{err}");
         let mut slot = JournalSlot::Ready(Journal::load(&tree.dir.path().join("state2")).unwrap());
         let err = correct(fs, &mut slot, t, "3", "5").unwrap_err();
-        assert!(err.contains("wrote \"5\"") && err.contains("reads back \"3\""), "{err}");
+        assert!(
+            err.contains("wrote \"5\"") && err.contains("reads back \"3\""),
+            "{err}"
+        );
     }
 }

@@ -59,10 +59,20 @@ pub struct Cli {
     #[arg(short, long, global = true, env = "REDIS_NODE_TUNER_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where procfs is mounted (a host mount in a container).
-    #[arg(long, global = true, env = "REDIS_NODE_TUNER_PROC_ROOT", default_value = "/proc")]
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_NODE_TUNER_PROC_ROOT",
+        default_value = "/proc"
+    )]
     pub proc_root: PathBuf,
     /// Where sysfs is mounted.
-    #[arg(long, global = true, env = "REDIS_NODE_TUNER_SYS_ROOT", default_value = "/sys")]
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_NODE_TUNER_SYS_ROOT",
+        default_value = "/sys"
+    )]
     pub sys_root: PathBuf,
     /// Directory of the originals journal.
     #[arg(
@@ -73,10 +83,21 @@ pub struct Cli {
     )]
     pub state_dir: PathBuf,
     /// Log format (logs go to stderr).
-    #[arg(long, global = true, env = "REDIS_NODE_TUNER_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_NODE_TUNER_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     /// Log filter: a level (error, warn, info, debug, trace) or a tracing filter directive.
-    #[arg(long, global = true, env = "REDIS_NODE_TUNER_LOG_LEVEL", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_NODE_TUNER_LOG_LEVEL",
+        default_value = "info"
+    )]
     pub log_level: String,
     #[command(subcommand)]
     pub command: Command,
@@ -87,7 +108,13 @@ pub enum Command {
     /// Audit the node against the profile; never writes.
     Check {
         /// Output format.
-        #[arg(short, long, env = "REDIS_NODE_TUNER_OUTPUT", value_enum, default_value = "text")]
+        #[arg(
+            short,
+            long,
+            env = "REDIS_NODE_TUNER_OUTPUT",
+            value_enum,
+            default_value = "text"
+        )]
         output: Output,
     },
     /// Record originals, write the enforce-mode settings, and verify them by read-back.
@@ -101,7 +128,11 @@ pub enum Command {
     /// The daemon: keep the settings enforced, serve /metrics, /healthz, /readyz.
     Run {
         /// Address for /metrics, /healthz and /readyz ("" to serve nothing).
-        #[arg(long, env = "REDIS_NODE_TUNER_LISTEN", default_value = "127.0.0.1:9977")]
+        #[arg(
+            long,
+            env = "REDIS_NODE_TUNER_LISTEN",
+            default_value = "127.0.0.1:9977"
+        )]
         listen: String,
         /// Loop interval, overriding the profile's (e.g. 1s, 500ms).
         #[arg(long, env = "REDIS_NODE_TUNER_INTERVAL")]
@@ -115,7 +146,12 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { Exit::Usage } else { Exit::Ok }.into();
+            return if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            }
+            .into();
         }
     };
     if let Err(msg) = init_logging(&cli) {
@@ -126,7 +162,8 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(cli: &Cli) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level).map_err(|e| e.to_string())?;
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&cli.log_level).map_err(|e| e.to_string())?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -160,7 +197,9 @@ pub fn run_cli(cli: Cli) -> Exit {
         match profile::parse_duration(i) {
             Some(d) if d.as_millis() >= 100 => profile.interval = d,
             _ => {
-                eprintln!("error: --interval {i:?}: expected a duration of at least 100ms (e.g. 1s, 500ms)");
+                eprintln!(
+                    "error: --interval {i:?}: expected a duration of at least 100ms (e.g. 1s, 500ms)"
+                );
                 return Exit::Usage;
             }
         }
@@ -191,7 +230,13 @@ pub fn run_cli(cli: Cli) -> Exit {
 }
 
 fn print_table(report: &Report) {
-    let mut rows = vec![["SETTING".to_string(), "DESIRED".into(), "ACTUAL".into(), "MODE".into(), "STATE".into()]];
+    let mut rows = vec![[
+        "SETTING".to_string(),
+        "DESIRED".into(),
+        "ACTUAL".into(),
+        "MODE".into(),
+        "STATE".into(),
+    ]];
     for k in &report.settings {
         rows.push([
             k.name.clone(),
@@ -226,7 +271,10 @@ fn print_table(report: &Report) {
     let _ = if report.ready {
         writeln!(out, "node: ready")
     } else {
-        writeln!(out, "node: not ready ({failing} enforce-mode setting(s) out of sync)")
+        writeln!(
+            out,
+            "node: not ready ({failing} enforce-mode setting(s) out of sync)"
+        )
     };
 }
 
@@ -255,7 +303,11 @@ fn dry_run(mut agent: Agent) -> Exit {
     }
     let report = agent.observe();
     for k in report.failing().filter(|k| k.state == "error") {
-        println!("cannot change {}: {}", k.name, k.error.as_deref().unwrap_or("?"));
+        println!(
+            "cannot change {}: {}",
+            k.name,
+            k.error.as_deref().unwrap_or("?")
+        );
     }
     if report.ready {
         println!("nothing to change");
@@ -277,7 +329,11 @@ fn apply(mut agent: Agent) -> Exit {
     // Verify from a fresh read of every knob, not from the write path's own read-back.
     let report = agent.observe();
     print_table(&report);
-    if report.ready { Exit::Ok } else { Exit::NotReady }
+    if report.ready {
+        Exit::Ok
+    } else {
+        Exit::NotReady
+    }
 }
 
 fn restore(fs: &HostFs, state_dir: &std::path::Path) -> Exit {
@@ -289,17 +345,25 @@ fn restore(fs: &HostFs, state_dir: &std::path::Path) -> Exit {
         }
     };
     if journal.originals().is_empty() {
-        println!("nothing to restore: no originals recorded in {}", journal.path().display());
+        println!(
+            "nothing to restore: no originals recorded in {}",
+            journal.path().display()
+        );
         return Exit::Ok;
     }
     let mut failed = 0;
     for (knob, original) in journal.originals() {
-        if original.location.is_net() && original.netns.is_some() && original.netns != fs.net_ns_ino() {
+        if original.location.is_net()
+            && original.netns.is_some()
+            && original.netns != fs.net_ns_ino()
+        {
             failed += 1;
             println!(
                 "failed {knob}: its original was recorded in network namespace net:[{}], this is {}; run restore there",
                 original.netns.unwrap_or_default(),
-                fs.net_ns_ino().map(|i| format!("net:[{i}]")).unwrap_or_else(|| "an unverified one".into())
+                fs.net_ns_ino()
+                    .map(|i| format!("net:[{i}]"))
+                    .unwrap_or_else(|| "an unverified one".into())
             );
             continue;
         }
@@ -308,7 +372,10 @@ fn restore(fs: &HostFs, state_dir: &std::path::Path) -> Exit {
             Ok(r) if r.value == original.value => println!("restored {knob}: {}", original.value),
             Ok(r) => {
                 failed += 1;
-                println!("failed {knob}: wrote {:?} but it reads back {:?}", original.value, r.value);
+                println!(
+                    "failed {knob}: wrote {:?} but it reads back {:?}",
+                    original.value, r.value
+                );
             }
             Err(e) => {
                 failed += 1;
@@ -317,7 +384,10 @@ fn restore(fs: &HostFs, state_dir: &std::path::Path) -> Exit {
         }
     }
     if failed > 0 {
-        println!("{failed} original(s) not restored; the journal {} is kept", journal.path().display());
+        println!(
+            "{failed} original(s) not restored; the journal {} is kept",
+            journal.path().display()
+        );
         return Exit::NotReady;
     }
     match journal.remove() {
@@ -330,7 +400,10 @@ fn restore(fs: &HostFs, state_dir: &std::path::Path) -> Exit {
 }
 
 fn daemon(agent: Agent, listen: &str) -> Exit {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

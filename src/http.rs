@@ -36,7 +36,10 @@ impl Health {
                     k.name,
                     k.desired,
                     k.actual.as_deref().unwrap_or("?"),
-                    k.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+                    k.error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
                 ));
             }
             s
@@ -50,7 +53,10 @@ impl Health {
         match self.state.lock().ok().and_then(|s| s.clone()) {
             Some((true, d)) => (StatusCode::OK, d),
             Some((false, d)) => (StatusCode::SERVICE_UNAVAILABLE, d),
-            None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: no check yet\n".into()),
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: no check yet\n".into(),
+            ),
         }
     }
 }
@@ -66,7 +72,11 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
 
 fn handle(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
+        return respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
     }
     match req.uri().path() {
         "/metrics" => {

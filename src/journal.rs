@@ -27,7 +27,9 @@ pub enum JournalError {
         #[source]
         source: io::Error,
     },
-    #[error("state journal {path} is corrupt ({reason}); it is kept as is: inspect it, restore by hand, then remove it")]
+    #[error(
+        "state journal {path} is corrupt ({reason}); it is kept as is: inspect it, restore by hand, then remove it"
+    )]
     Corrupt { path: PathBuf, reason: String },
 }
 
@@ -197,7 +199,10 @@ fn parse(bytes: &[u8]) -> Result<BTreeMap<String, Original>, String> {
     }
     for (knob, o) in &disk.originals {
         if !o.location.is_contained() {
-            return Err(format!("{knob}: path {:?} escapes its root", o.location.rel));
+            return Err(format!(
+                "{knob}: path {:?} escapes its root",
+                o.location.rel
+            ));
         }
     }
     Ok(disk.originals)
@@ -221,9 +226,25 @@ mod tests {
         let state = dir.path().join("state");
         let mut j = Journal::load(&state).unwrap();
         assert!(j.originals().is_empty());
-        assert!(j.record("vm.overcommit_memory", &loc("sys/vm/overcommit_memory"), "0", None).unwrap());
+        assert!(
+            j.record(
+                "vm.overcommit_memory",
+                &loc("sys/vm/overcommit_memory"),
+                "0",
+                None
+            )
+            .unwrap()
+        );
         // A later change never overwrites the recorded original.
-        assert!(!j.record("vm.overcommit_memory", &loc("sys/vm/overcommit_memory"), "1", None).unwrap());
+        assert!(
+            !j.record(
+                "vm.overcommit_memory",
+                &loc("sys/vm/overcommit_memory"),
+                "1",
+                None
+            )
+            .unwrap()
+        );
         let j = Journal::load(&state).unwrap();
         assert_eq!(j.originals()["vm.overcommit_memory"].value, "0");
         assert!(!state.join(TMP_NAME).exists());

@@ -113,7 +113,13 @@ pub enum KernelError {
 }
 
 impl KernelError {
-    fn from_io(knob: &str, path: &Path, op: &'static str, value: Option<&str>, e: &io::Error) -> Self {
+    fn from_io(
+        knob: &str,
+        path: &Path,
+        op: &'static str,
+        value: Option<&str>,
+        e: &io::Error,
+    ) -> Self {
         let (knob, path) = (knob.to_string(), path.to_path_buf());
         match e.raw_os_error() {
             Some(libc::ENOENT) => KernelError::NotFound { knob, path },
@@ -264,7 +270,9 @@ impl std::fmt::Debug for HostFs {
 
 /// Inode of the calling thread's network namespace (as in `net:[<inode>]`).
 fn thread_netns_ino() -> Option<u64> {
-    std::fs::metadata("/proc/thread-self/ns/net").ok().map(|m| m.ino())
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .map(|m| m.ino())
 }
 
 fn ns_id(path: &Path) -> io::Result<(u64, u64)> {
@@ -383,22 +391,34 @@ impl HostFs {
         let mut out = Vec::new();
         for s in &profile.settings {
             match &s.knob {
-                Knob::Sysctl(name) => out.push(Target::new(s, name, Location::sysctl(name), Format::Text)),
-                Knob::ThpEnabled => out.push(Target::new(s, &s.name, thp_loc("enabled"), Format::Enum)),
-                Knob::ThpDefrag => out.push(Target::new(s, &s.name, thp_loc("defrag"), Format::Enum)),
+                Knob::Sysctl(name) => {
+                    out.push(Target::new(s, name, Location::sysctl(name), Format::Text))
+                }
+                Knob::ThpEnabled => {
+                    out.push(Target::new(s, &s.name, thp_loc("enabled"), Format::Enum))
+                }
+                Knob::ThpDefrag => {
+                    out.push(Target::new(s, &s.name, thp_loc("defrag"), Format::Enum))
+                }
                 Knob::ThpPerSize => {
                     let sizes = self.thp_sizes();
                     if sizes.is_empty() {
                         // No THP, or a kernel before mTHP (6.8): nothing to check. A sys root
                         // without kernel/mm reads as "not found" below.
-                        let mut t = Target::new(s, &s.name, thp_loc("hugepages-*kB/enabled"), Format::Enum);
+                        let mut t =
+                            Target::new(s, &s.name, thp_loc("hugepages-*kB/enabled"), Format::Enum);
                         t.not_applicable =
                             self.thp_absent() || self.sys_root.join(THP_DIR).is_dir();
                         out.push(t);
                     }
                     for (kb, dir) in sizes {
                         let name = format!("thp.hugepages-{kb}kB.enabled");
-                        out.push(Target::new(s, &name, thp_loc(&format!("{dir}/enabled")), Format::Enum));
+                        out.push(Target::new(
+                            s,
+                            &name,
+                            thp_loc(&format!("{dir}/enabled")),
+                            Format::Enum,
+                        ));
                     }
                 }
             }
@@ -415,9 +435,16 @@ impl HostFs {
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                let kb = name.strip_prefix("hugepages-")?.strip_suffix("kB")?.parse().ok()?;
+                let kb = name
+                    .strip_prefix("hugepages-")?
+                    .strip_suffix("kB")?
+                    .parse()
+                    .ok()?;
                 // Some sizes exist for shmem only (shmem_enabled, no enabled).
-                dir.join(&name).join("enabled").is_file().then_some((kb, name))
+                dir.join(&name)
+                    .join("enabled")
+                    .is_file()
+                    .then_some((kb, name))
             })
             .collect();
         sizes.sort();
@@ -440,9 +467,9 @@ impl HostFs {
             if t.location.root == Root::Sys && self.thp_absent() {
                 return Ok(None);
             }
-            let fd = self
-                .open(&t.location, false)
-                .map_err(|e| KernelError::from_io(&t.name, &self.path(&t.location), "read", None, &e))?;
+            let fd = self.open(&t.location, false).map_err(|e| {
+                KernelError::from_io(&t.name, &self.path(&t.location), "read", None, &e)
+            })?;
             t.fd = Some(fd);
         }
         let mut buf = [0u8; 512];
@@ -451,16 +478,24 @@ impl HostFs {
             Some(Err(e)) => {
                 // A stale descriptor (e.g. the file went away) is reopened next time.
                 t.fd = None;
-                return Err(KernelError::from_io(&t.name, &self.path(&t.location), "read", None, &e));
+                return Err(KernelError::from_io(
+                    &t.name,
+                    &self.path(&t.location),
+                    "read",
+                    None,
+                    &e,
+                ));
             }
             None => 0,
         };
-        parse(t, &buf[..n]).map(Some).map_err(|expected| KernelError::Parse {
-            knob: t.name.clone(),
-            path: self.path(&t.location),
-            content: String::from_utf8_lossy(&buf[..n]).into_owned(),
-            expected,
-        })
+        parse(t, &buf[..n])
+            .map(Some)
+            .map_err(|expected| KernelError::Parse {
+                knob: t.name.clone(),
+                path: self.path(&t.location),
+                content: String::from_utf8_lossy(&buf[..n]).into_owned(),
+                expected,
+            })
     }
 
     /// Writes `value` to a knob and reads it back.
@@ -606,11 +641,26 @@ pub(crate) mod tests {
             let t = FakeTree { dir };
             t.put("proc/sys/vm/overcommit_memory", "0\n");
             t.put("proc/sys/net/core/somaxconn", "128\n");
-            t.put("sys/kernel/mm/transparent_hugepage/enabled", "[always] madvise never\n");
-            t.put("sys/kernel/mm/transparent_hugepage/defrag", "always defer defer+madvise [madvise] never\n");
-            t.put("sys/kernel/mm/transparent_hugepage/hugepages-64kB/enabled", "always [inherit] madvise never\n");
-            t.put("sys/kernel/mm/transparent_hugepage/hugepages-2048kB/enabled", "[always] inherit madvise never\n");
-            t.put("sys/kernel/mm/transparent_hugepage/hugepages-8kB/shmem_enabled", "always inherit [never]\n");
+            t.put(
+                "sys/kernel/mm/transparent_hugepage/enabled",
+                "[always] madvise never\n",
+            );
+            t.put(
+                "sys/kernel/mm/transparent_hugepage/defrag",
+                "always defer defer+madvise [madvise] never\n",
+            );
+            t.put(
+                "sys/kernel/mm/transparent_hugepage/hugepages-64kB/enabled",
+                "always [inherit] madvise never\n",
+            );
+            t.put(
+                "sys/kernel/mm/transparent_hugepage/hugepages-2048kB/enabled",
+                "[always] inherit madvise never\n",
+            );
+            t.put(
+                "sys/kernel/mm/transparent_hugepage/hugepages-8kB/shmem_enabled",
+                "always inherit [never]\n",
+            );
             t
         }
         pub(crate) fn put(&self, rel: &str, content: &str) {
@@ -650,11 +700,17 @@ pub(crate) mod tests {
                 "thp.hugepages-2048kB.enabled"
             ]
         );
-        let r = fs.read(target(&mut ts, "net.core.somaxconn")).unwrap().unwrap();
+        let r = fs
+            .read(target(&mut ts, "net.core.somaxconn"))
+            .unwrap()
+            .unwrap();
         assert_eq!((r.value.as_str(), r.number), ("128", Some(128)));
         let r = fs.read(target(&mut ts, "thp.enabled")).unwrap().unwrap();
         assert_eq!(r.value, "always");
-        let r = fs.read(target(&mut ts, "thp.hugepages-64kB.enabled")).unwrap().unwrap();
+        let r = fs
+            .read(target(&mut ts, "thp.hugepages-64kB.enabled"))
+            .unwrap()
+            .unwrap();
         assert_eq!(r.value, "inherit");
     }
 
@@ -679,10 +735,14 @@ pub(crate) mod tests {
     #[test]
     fn missing_thp_directory_is_not_applicable() {
         let tree = FakeTree::untuned();
-        std::fs::remove_dir_all(tree.dir.path().join("sys/kernel/mm/transparent_hugepage")).unwrap();
+        std::fs::remove_dir_all(tree.dir.path().join("sys/kernel/mm/transparent_hugepage"))
+            .unwrap();
         let fs = tree.fs();
         let mut ts = fs.resolve(&Profile::default());
-        let thp: Vec<_> = ts.iter_mut().filter(|t| t.name.starts_with("thp.")).collect();
+        let thp: Vec<_> = ts
+            .iter_mut()
+            .filter(|t| t.name.starts_with("thp."))
+            .collect();
         assert_eq!(thp.len(), 3);
         for t in thp {
             assert_eq!(fs.read(t), Ok(None), "{}", t.name);
@@ -694,29 +754,61 @@ pub(crate) mod tests {
         let tree = FakeTree::untuned();
         std::fs::remove_file(tree.dir.path().join("proc/sys/vm/overcommit_memory")).unwrap();
         tree.put("proc/sys/net/core/somaxconn", "lots\n");
-        tree.put("sys/kernel/mm/transparent_hugepage/enabled", "always madvise never\n");
-        tree.put("sys/kernel/mm/transparent_hugepage/defrag", "[always] [never]\n");
+        tree.put(
+            "sys/kernel/mm/transparent_hugepage/enabled",
+            "always madvise never\n",
+        );
+        tree.put(
+            "sys/kernel/mm/transparent_hugepage/defrag",
+            "[always] [never]\n",
+        );
         let fs = tree.fs();
         let mut ts = fs.resolve(&Profile::default());
-        let e = fs.read(target(&mut ts, "vm.overcommit_memory")).unwrap_err();
+        let e = fs
+            .read(target(&mut ts, "vm.overcommit_memory"))
+            .unwrap_err();
         assert_eq!(e.kind(), "not_found");
-        assert!(e.to_string().contains("proc/sys/vm/overcommit_memory"), "{e}");
+        assert!(
+            e.to_string().contains("proc/sys/vm/overcommit_memory"),
+            "{e}"
+        );
         let e = fs.read(target(&mut ts, "net.core.somaxconn")).unwrap_err();
         assert_eq!(e.kind(), "parse");
-        assert!(e.to_string().starts_with("net.core.somaxconn: unexpected content \"lots\\n\""), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("net.core.somaxconn: unexpected content \"lots\\n\""),
+            "{e}"
+        );
         assert!(e.to_string().contains("a single integer"), "{e}");
-        assert_eq!(fs.read(target(&mut ts, "thp.enabled")).unwrap_err().kind(), "parse");
-        assert_eq!(fs.read(target(&mut ts, "thp.defrag")).unwrap_err().kind(), "parse");
+        assert_eq!(
+            fs.read(target(&mut ts, "thp.enabled")).unwrap_err().kind(),
+            "parse"
+        );
+        assert_eq!(
+            fs.read(target(&mut ts, "thp.defrag")).unwrap_err().kind(),
+            "parse"
+        );
         // A write to a missing file is NotFound, and never creates it.
-        let e = fs.write(target(&mut ts, "vm.overcommit_memory"), "1").unwrap_err();
+        let e = fs
+            .write(target(&mut ts, "vm.overcommit_memory"), "1")
+            .unwrap_err();
         assert_eq!(e.kind(), "not_found");
-        assert!(!tree.dir.path().join("proc/sys/vm/overcommit_memory").exists());
+        assert!(
+            !tree
+                .dir
+                .path()
+                .join("proc/sys/vm/overcommit_memory")
+                .exists()
+        );
     }
 
     #[test]
     fn io_errors_map_to_distinct_kinds() {
         let p = Path::new("/x");
-        let k = |errno, value| KernelError::from_io("k", p, "write", value, &io::Error::from_raw_os_error(errno)).kind();
+        let k = |errno, value| {
+            KernelError::from_io("k", p, "write", value, &io::Error::from_raw_os_error(errno))
+                .kind()
+        };
         assert_eq!(k(libc::ENOENT, Some("1")), "not_found");
         assert_eq!(k(libc::EACCES, Some("1")), "permission_denied");
         assert_eq!(k(libc::EPERM, Some("1")), "permission_denied");
@@ -746,7 +838,10 @@ pub(crate) mod tests {
 
     fn nix_is_root() -> bool {
         std::fs::read_to_string("/proc/self/status")
-            .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
+            .map(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+            })
             .unwrap_or(false)
     }
 
@@ -754,11 +849,18 @@ pub(crate) mod tests {
     fn unverified_netns_blocks_only_net_knobs() {
         let tree = FakeTree::untuned();
         let fs = HostFs::new(tree.dir.path().join("proc"), tree.dir.path().join("sys"));
-        assert!(matches!(fs.netns(), NetnsStatus::Unverified { reason } if reason.contains("1/ns/net")));
+        assert!(
+            matches!(fs.netns(), NetnsStatus::Unverified { reason } if reason.contains("1/ns/net"))
+        );
         let mut ts = fs.resolve(&Profile::default());
         let e = fs.read(target(&mut ts, "net.core.somaxconn")).unwrap_err();
         assert_eq!(e.kind(), "netns_unverified");
-        assert_eq!(fs.write(target(&mut ts, "net.core.somaxconn"), "4096").unwrap_err().kind(), "netns_unverified");
+        assert_eq!(
+            fs.write(target(&mut ts, "net.core.somaxconn"), "4096")
+                .unwrap_err()
+                .kind(),
+            "netns_unverified"
+        );
         assert_eq!(tree.get("proc/sys/net/core/somaxconn"), "128\n");
         assert!(fs.read(target(&mut ts, "vm.overcommit_memory")).is_ok());
     }
@@ -768,17 +870,31 @@ pub(crate) mod tests {
         // A proc root whose PID 1 is this process's own namespace file.
         let tree = FakeTree::untuned();
         std::fs::create_dir_all(tree.dir.path().join("proc/1/ns")).unwrap();
-        std::os::unix::fs::symlink("/proc/thread-self/ns/net", tree.dir.path().join("proc/1/ns/net")).unwrap();
+        std::os::unix::fs::symlink(
+            "/proc/thread-self/ns/net",
+            tree.dir.path().join("proc/1/ns/net"),
+        )
+        .unwrap();
         let fs = HostFs::new(tree.dir.path().join("proc"), tree.dir.path().join("sys"));
         assert_eq!(fs.netns(), &NetnsStatus::SharedWithHostInit);
     }
 
     #[test]
     fn locations_stay_contained() {
-        let ok = Location { root: Root::Proc, rel: "sys/vm/x".into() };
+        let ok = Location {
+            root: Root::Proc,
+            rel: "sys/vm/x".into(),
+        };
         assert!(ok.is_contained());
         for rel in ["", "/etc/passwd", "sys/../../etc", "sys//x", "./x"] {
-            assert!(!Location { root: Root::Sys, rel: rel.into() }.is_contained(), "{rel}");
+            assert!(
+                !Location {
+                    root: Root::Sys,
+                    rel: rel.into()
+                }
+                .is_contained(),
+                "{rel}"
+            );
         }
         assert!(Location::sysctl("net.core.somaxconn").is_net());
         assert!(!Location::sysctl("vm.overcommit_memory").is_net());

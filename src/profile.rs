@@ -332,7 +332,12 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 }
 
 impl Validator {
-    fn issue(&mut self, field: impl Into<String>, value: Option<&Value>, message: impl Into<String>) {
+    fn issue(
+        &mut self,
+        field: impl Into<String>,
+        value: Option<&Value>,
+        message: impl Into<String>,
+    ) {
         self.issues.push(Issue {
             field: field.into(),
             value: value.map(render).unwrap_or_default(),
@@ -347,7 +352,11 @@ impl Validator {
         known: &[&str],
     ) -> Option<&'v serde_json::Map<String, Value>> {
         let Value::Object(map) = v else {
-            self.issue(field, Some(v), format!("expected a mapping, found {}", type_name(v)));
+            self.issue(
+                field,
+                Some(v),
+                format!("expected a mapping, found {}", type_name(v)),
+            );
             return None;
         };
         for key in map.keys() {
@@ -424,13 +433,24 @@ impl Validator {
 
     fn sysctls(&mut self, v: &Value, default_mode: Mode, profile: &mut Profile) {
         let Value::Object(map) = v else {
-            self.issue("sysctls", Some(v), format!("expected a mapping of sysctl name to rule, found {}", type_name(v)));
+            self.issue(
+                "sysctls",
+                Some(v),
+                format!(
+                    "expected a mapping of sysctl name to rule, found {}",
+                    type_name(v)
+                ),
+            );
             return;
         };
         for (name, rule) in map {
             let field = format!("sysctls[\"{name}\"]");
             if let Err(why) = valid_sysctl_name(name) {
-                self.issue(format!("sysctls[{}]", render(&Value::String(name.clone()))), None, why);
+                self.issue(
+                    format!("sysctls[{}]", render(&Value::String(name.clone()))),
+                    None,
+                    why,
+                );
                 continue;
             }
             let existing = profile.settings.iter().position(|s| &s.name == name);
@@ -502,7 +522,9 @@ impl Validator {
                 return None;
             }
             if let Ok(n) = norm.parse::<i64>() {
-                return self.check_known_range(name, field, v, n).then_some(Desired::Equals(n));
+                return self
+                    .check_known_range(name, field, v, n)
+                    .then_some(Desired::Equals(n));
             }
             if name == "vm.overcommit_memory" || name == "net.core.somaxconn" {
                 self.issue(field, Some(v), "must be an integer");
@@ -516,7 +538,11 @@ impl Validator {
             } else {
                 "an integer"
             };
-            self.issue(field, Some(v), format!("expected {what}, found {}", type_name(v)));
+            self.issue(
+                field,
+                Some(v),
+                format!("expected {what}, found {}", type_name(v)),
+            );
             return None;
         };
         if !self.check_known_range(name, field, v, n) {
@@ -542,7 +568,11 @@ impl Validator {
             } else {
                 "between 0 and 2147483647"
             };
-            self.issue(field, Some(v), format!("the kernel accepts only {range} for {name}"));
+            self.issue(
+                field,
+                Some(v),
+                format!("the kernel accepts only {range} for {name}"),
+            );
         }
         ok
     }
@@ -609,7 +639,11 @@ impl Validator {
                     Some(list) if !list.is_empty() => {
                         let mut parsed = vec![];
                         for (i, w) in list.iter().enumerate() {
-                            match self.thp_word(&format!("{field}.allowed[{i}]"), w, THP_PER_SIZE_WORDS) {
+                            match self.thp_word(
+                                &format!("{field}.allowed[{i}]"),
+                                w,
+                                THP_PER_SIZE_WORDS,
+                            ) {
                                 Some(w) => parsed.push(w),
                                 None => ok = false,
                             }
@@ -617,7 +651,11 @@ impl Validator {
                         allowed = parsed;
                     }
                     _ => {
-                        self.issue(format!("{field}.allowed"), Some(a), "expected a non-empty list of words");
+                        self.issue(
+                            format!("{field}.allowed"),
+                            Some(a),
+                            "expected a non-empty list of words",
+                        );
                         ok = false;
                     }
                 }
@@ -647,7 +685,11 @@ impl Validator {
         match v.as_str() {
             Some(w) if vocab.contains(&w) => Some(w.to_string()),
             _ => {
-                self.issue(field, Some(v), format!("expected one of: {}", vocab.join(", ")));
+                self.issue(
+                    field,
+                    Some(v),
+                    format!("expected one of: {}", vocab.join(", ")),
+                );
                 None
             }
         }
@@ -672,10 +714,22 @@ mod tests {
         let names: Vec<_> = p.settings.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
-            ["vm.overcommit_memory", "net.core.somaxconn", "thp.enabled", "thp.defrag", "thp.per_size"]
+            [
+                "vm.overcommit_memory",
+                "net.core.somaxconn",
+                "thp.enabled",
+                "thp.defrag",
+                "thp.per_size"
+            ]
         );
-        assert_eq!(p.get("vm.overcommit_memory").map(|s| &s.desired), Some(&Desired::Equals(1)));
-        assert_eq!(p.get("net.core.somaxconn").map(|s| &s.desired), Some(&Desired::AtLeast(2048)));
+        assert_eq!(
+            p.get("vm.overcommit_memory").map(|s| &s.desired),
+            Some(&Desired::Equals(1))
+        );
+        assert_eq!(
+            p.get("net.core.somaxconn").map(|s| &s.desired),
+            Some(&Desired::AtLeast(2048))
+        );
         assert!(p.settings.iter().all(|s| s.mode == Mode::Enforce));
     }
 
@@ -703,16 +757,28 @@ thp:
         )
         .unwrap();
         assert_eq!(p.interval, Duration::from_millis(500));
-        assert_eq!(p.get("net.core.somaxconn").unwrap().desired, Desired::AtLeast(4096));
+        assert_eq!(
+            p.get("net.core.somaxconn").unwrap().desired,
+            Desired::AtLeast(4096)
+        );
         let sw = p.get("vm.swappiness").unwrap();
-        assert_eq!((sw.desired.clone(), sw.mode), (Desired::AtMost(10), Mode::Audit));
-        assert_eq!(p.get("vm.max_map_count").unwrap().desired, Desired::Equals(262144));
+        assert_eq!(
+            (sw.desired.clone(), sw.mode),
+            (Desired::AtMost(10), Mode::Audit)
+        );
+        assert_eq!(
+            p.get("vm.max_map_count").unwrap().desired,
+            Desired::Equals(262144)
+        );
         assert_eq!(
             p.get("net.ipv4.ip_local_port_range").unwrap().desired,
             Desired::Text("1024 65000".into())
         );
         let d = p.get("thp.defrag").unwrap();
-        assert_eq!((d.desired.to_string(), d.mode), ("madvise".into(), Mode::Audit));
+        assert_eq!(
+            (d.desired.to_string(), d.mode),
+            ("madvise".into(), Mode::Audit)
+        );
         assert_eq!(p.get("thp.per_size").unwrap().desired.to_string(), "never");
     }
 
@@ -760,25 +826,41 @@ thp:
             "thp.per_size.set = \"always\"",
         ];
         for e in expect {
-            assert!(rendered.iter().any(|r| r.contains(e)), "missing {e:?} in {rendered:#?}");
+            assert!(
+                rendered.iter().any(|r| r.contains(e)),
+                "missing {e:?} in {rendered:#?}"
+            );
         }
         assert_eq!(got.len(), expect.len(), "{rendered:#?}");
     }
 
     #[test]
     fn syntax_and_type_errors() {
-        assert!(matches!(Profile::from_yaml("sysctls: [unclosed"), Err(YamlError::Syntax(_))));
+        assert!(matches!(
+            Profile::from_yaml("sysctls: [unclosed"),
+            Err(YamlError::Syntax(_))
+        ));
         assert!(!issues("- a\n- b\n").is_empty());
         assert!(!issues("sysctls: 3\n").is_empty());
-        assert!(issues("interval: 0s\n")[0].message.contains("between 100ms and 1h"));
+        assert!(
+            issues("interval: 0s\n")[0]
+                .message
+                .contains("between 100ms and 1h")
+        );
     }
 
     #[test]
     fn sysctl_names_cannot_escape() {
-        for bad in ["", "vm", "vm..x", ".vm.x", "vm.x.", "vm/x.y", "vm.x y", "vm.*"] {
+        for bad in [
+            "", "vm", "vm..x", ".vm.x", "vm.x.", "vm/x.y", "vm.x y", "vm.*",
+        ] {
             assert!(valid_sysctl_name(bad).is_err(), "{bad:?} accepted");
         }
-        for good in ["vm.swappiness", "net.ipv4.conf.all.rp_filter", "kernel.sched_rt-x"] {
+        for good in [
+            "vm.swappiness",
+            "net.ipv4.conf.all.rp_filter",
+            "kernel.sched_rt-x",
+        ] {
             assert!(valid_sysctl_name(good).is_ok(), "{good:?} rejected");
         }
     }

@@ -3,6 +3,9 @@
 use crate::kernel::{KernelError, Reading};
 use crate::profile::{Desired, Mode};
 
+/// What reading a knob gave: a value, `None` when it does not apply to this kernel, or an error.
+pub type Observed = Result<Option<Reading>, KernelError>;
+
 /// The state of one knob after an observation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
@@ -38,12 +41,12 @@ pub fn satisfies(desired: &Desired, r: &Reading) -> bool {
         (Desired::AtMost(v), Some(n)) => n <= *v,
         (Desired::Equals(_) | Desired::AtLeast(_) | Desired::AtMost(_), None) => false,
         (Desired::Text(t), _) => r.value == *t,
-        (Desired::Word { allowed, .. }, _) => allowed.iter().any(|w| *w == r.value),
+        (Desired::Word { allowed, .. }, _) => allowed.contains(&r.value),
     }
 }
 
 /// The state of a knob given what was read.
-pub fn evaluate(desired: &Desired, observed: &Result<Option<Reading>, KernelError>) -> State {
+pub fn evaluate(desired: &Desired, observed: &Observed) -> State {
     match observed {
         Ok(None) => State::NotApplicable,
         Ok(Some(r)) if satisfies(desired, r) => State::InSync,
@@ -74,14 +77,14 @@ pub fn decide(mode: Mode, desired: &Desired, state: &State) -> Action {
 mod tests {
     use super::*;
 
-    fn num(n: i64) -> Result<Option<Reading>, KernelError> {
+    fn num(n: i64) -> Observed {
         Ok(Some(Reading {
             value: n.to_string(),
             number: Some(n),
         }))
     }
 
-    fn word(w: &str) -> Result<Option<Reading>, KernelError> {
+    fn word(w: &str) -> Observed {
         Ok(Some(Reading {
             value: w.into(),
             number: None,
@@ -98,7 +101,7 @@ mod tests {
             allowed: vec!["never".into(), "inherit".into()],
             set: "never".into(),
         };
-        let cases: &[(&Desired, Result<Option<Reading>, KernelError>, State)] = &[
+        let cases: &[(&Desired, Observed, State)] = &[
             (&Desired::Equals(1), num(1), State::InSync),
             (&Desired::Equals(1), num(0), State::Drift),
             (&Desired::Equals(1), num(2), State::Drift),
@@ -108,8 +111,16 @@ mod tests {
             (&Desired::AtMost(10), num(10), State::InSync),
             (&Desired::AtMost(10), num(60), State::Drift),
             (&Desired::Equals(1), word("x"), State::Drift),
-            (&Desired::Text("1024 65000".into()), word("1024 65000"), State::InSync),
-            (&Desired::Text("1024 65000".into()), word("32768 60999"), State::Drift),
+            (
+                &Desired::Text("1024 65000".into()),
+                word("1024 65000"),
+                State::InSync,
+            ),
+            (
+                &Desired::Text("1024 65000".into()),
+                word("32768 60999"),
+                State::Drift,
+            ),
             (&never, word("never"), State::InSync),
             (&never, word("madvise"), State::Drift),
             (&per_size, word("inherit"), State::InSync),
@@ -130,15 +141,24 @@ mod tests {
     #[test]
     fn decisions() {
         let d = Desired::AtLeast(2048);
-        assert_eq!(decide(Mode::Enforce, &d, &State::Drift), Action::Correct("2048".into()));
+        assert_eq!(
+            decide(Mode::Enforce, &d, &State::Drift),
+            Action::Correct("2048".into())
+        );
         assert_eq!(decide(Mode::Audit, &d, &State::Drift), Action::Report);
         assert_eq!(decide(Mode::Enforce, &d, &State::InSync), Action::Nothing);
-        assert_eq!(decide(Mode::Enforce, &d, &State::NotApplicable), Action::Nothing);
+        assert_eq!(
+            decide(Mode::Enforce, &d, &State::NotApplicable),
+            Action::Nothing
+        );
         let w = Desired::Word {
             allowed: vec!["never".into(), "inherit".into()],
             set: "never".into(),
         };
-        assert_eq!(decide(Mode::Enforce, &w, &State::Drift), Action::Correct("never".into()));
+        assert_eq!(
+            decide(Mode::Enforce, &w, &State::Drift),
+            Action::Correct("never".into())
+        );
         assert!(State::NotApplicable.is_ok() && State::InSync.is_ok() && !State::Drift.is_ok());
     }
 }

@@ -12,11 +12,26 @@ fn check_reports_drift_as_table_and_json_and_never_writes() {
     for col in ["SETTING", "DESIRED", "ACTUAL", "MODE", "STATE"] {
         assert!(header.contains(col), "{out:?}");
     }
-    assert!(out.stdout.contains("node: not ready (5 enforce-mode setting(s) out of sync)"), "{out:?}");
-    let line = out.stdout.lines().find(|l| l.starts_with("net.core.somaxconn")).unwrap_or("");
+    assert!(
+        out.stdout
+            .contains("node: not ready (5 enforce-mode setting(s) out of sync)"),
+        "{out:?}"
+    );
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("net.core.somaxconn"))
+        .unwrap_or("");
     assert_eq!(
         line.split_whitespace().collect::<Vec<_>>(),
-        ["net.core.somaxconn", ">=", "2048", "128", "enforce", "drift"],
+        [
+            "net.core.somaxconn",
+            ">=",
+            "2048",
+            "128",
+            "enforce",
+            "drift"
+        ],
         "{out:?}"
     );
 
@@ -25,12 +40,18 @@ fn check_reports_drift_as_table_and_json_and_never_writes() {
     let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
     assert_eq!(v["ready"], false);
     let s = v["settings"].as_array().expect("settings");
-    let oc = s.iter().find(|k| k["name"] == "vm.overcommit_memory").expect("overcommit");
+    let oc = s
+        .iter()
+        .find(|k| k["name"] == "vm.overcommit_memory")
+        .expect("overcommit");
     assert_eq!(oc["desired"], "1");
     assert_eq!(oc["actual"], "0");
     assert_eq!(oc["in_sync"], false);
     assert_eq!(oc["mode"], "enforce");
-    assert!(s.iter().any(|k| k["name"] == "thp.hugepages-2048kB.enabled" && k["actual"] == "always"));
+    assert!(
+        s.iter()
+            .any(|k| k["name"] == "thp.hugepages-2048kB.enabled" && k["actual"] == "always")
+    );
     // Nothing was written, no journal made.
     assert_eq!(t.get(OVERCOMMIT), "0\n");
     assert!(!t.state_dir().exists());
@@ -41,14 +62,25 @@ fn apply_then_check_then_restore_round_trip() {
     let t = Tree::untuned();
     let dry = t.run(&["apply", "--dry-run"]);
     assert_eq!(dry.code, 1, "{dry:?}");
-    assert!(dry.stdout.contains("would change vm.overcommit_memory: 0 -> 1"), "{dry:?}");
-    assert!(dry.stdout.contains("would change net.core.somaxconn: 128 -> 2048"), "{dry:?}");
+    assert!(
+        dry.stdout
+            .contains("would change vm.overcommit_memory: 0 -> 1"),
+        "{dry:?}"
+    );
+    assert!(
+        dry.stdout
+            .contains("would change net.core.somaxconn: 128 -> 2048"),
+        "{dry:?}"
+    );
     assert_eq!(t.get(OVERCOMMIT), "0\n");
     assert!(!t.state_dir().exists());
 
     let out = t.run(&["apply"]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains("changed thp.enabled: always -> never"), "{out:?}");
+    assert!(
+        out.stdout.contains("changed thp.enabled: always -> never"),
+        "{out:?}"
+    );
     assert_eq!(t.get(OVERCOMMIT), "1\n");
     assert_eq!(t.get(SOMAXCONN), "2048\n");
     assert_eq!(t.get(THP_ENABLED), "never\n");
@@ -60,12 +92,16 @@ fn apply_then_check_then_restore_round_trip() {
     // A second apply after further drift never overwrites the recorded originals.
     t.put(OVERCOMMIT, "2\n");
     assert_eq!(t.run(&["apply"]).code, 0);
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(t.state_dir().join("originals.json")).expect("journal"))
-            .expect("journal json");
+    let j: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(t.state_dir().join("originals.json")).expect("journal"),
+    )
+    .expect("journal json");
     assert_eq!(j["originals"]["vm.overcommit_memory"]["value"], "0");
     assert_eq!(j["originals"]["thp.defrag"]["value"], "madvise");
-    assert!(j["originals"]["net.core.somaxconn"]["netns"].is_u64(), "{j}");
+    assert!(
+        j["originals"]["net.core.somaxconn"]["netns"].is_u64(),
+        "{j}"
+    );
 
     let out = t.run(&["restore"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -109,7 +145,10 @@ fn bad_config_exits_2_names_every_problem_and_writes_nothing() {
             "thp.enabled = \"sometimes\"",
             "bogus: unknown key",
         ] {
-            assert!(out.stderr.contains(needle), "{cmd}: missing {needle:?}: {out:?}");
+            assert!(
+                out.stderr.contains(needle),
+                "{cmd}: missing {needle:?}: {out:?}"
+            );
         }
     }
     assert_eq!(t.get(OVERCOMMIT), "0\n");
@@ -118,7 +157,10 @@ fn bad_config_exits_2_names_every_problem_and_writes_nothing() {
 
     let missing = t.run(&["--config", "/nonexistent/config.yaml", "check"]);
     assert_eq!(missing.code, 2, "{missing:?}");
-    assert!(missing.stderr.contains("/nonexistent/config.yaml"), "{missing:?}");
+    assert!(
+        missing.stderr.contains("/nonexistent/config.yaml"),
+        "{missing:?}"
+    );
     let syntax = t.path("syntax.yaml");
     std::fs::write(&syntax, "sysctls: [\n").expect("write");
     let out = t.run(&["--config", &syntax.to_string_lossy(), "check"]);
@@ -146,7 +188,10 @@ fn config_file_and_env_change_the_profile() {
     assert_eq!(t.get("proc/sys/vm/swappiness"), "10\n");
     // audit mode: reported, never written
     assert_eq!(t.get(OVERCOMMIT), "0\n");
-    assert_eq!(t.get(THP_DEFRAG), "always defer defer+madvise [madvise] never\n");
+    assert_eq!(
+        t.get(THP_DEFRAG),
+        "always defer defer+madvise [madvise] never\n"
+    );
     let json = Out::of(
         t.cmd(&["check"])
             .env("REDIS_NODE_TUNER_CONFIG", &cfg)
@@ -158,9 +203,16 @@ fn config_file_and_env_change_the_profile() {
     let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("json");
     let oc = v["settings"]
         .as_array()
-        .and_then(|s| s.iter().find(|k| k["name"] == "vm.overcommit_memory").cloned())
+        .and_then(|s| {
+            s.iter()
+                .find(|k| k["name"] == "vm.overcommit_memory")
+                .cloned()
+        })
         .expect("overcommit");
-    assert_eq!((oc["mode"].as_str(), oc["in_sync"].as_bool()), (Some("audit"), Some(false)));
+    assert_eq!(
+        (oc["mode"].as_str(), oc["in_sync"].as_bool()),
+        (Some("audit"), Some(false))
+    );
 }
 
 #[test]
@@ -169,7 +221,10 @@ fn unreadable_knob_exits_3() {
     std::fs::remove_file(t.path(OVERCOMMIT)).expect("rm");
     let out = t.run(&["check"]);
     assert_eq!(out.code, 3, "{out:?}");
-    assert!(out.stdout.contains("vm.overcommit_memory:") && out.stdout.contains("does not exist"), "{out:?}");
+    assert!(
+        out.stdout.contains("vm.overcommit_memory:") && out.stdout.contains("does not exist"),
+        "{out:?}"
+    );
     // apply sets what it can and says what it could not.
     let out = t.run(&["apply"]);
     assert_eq!(out.code, 1, "{out:?}");
@@ -182,12 +237,25 @@ fn no_thp_is_not_applicable_and_a_wrong_sys_root_is_an_error() {
     std::fs::remove_dir_all(t.path("sys/kernel/mm/transparent_hugepage")).expect("rm");
     let out = t.run(&["apply"]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.lines().any(|l| l.starts_with("thp.enabled") && l.contains("not_applicable")), "{out:?}");
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("thp.enabled") && l.contains("not_applicable")),
+        "{out:?}"
+    );
 
     let t = Tree::untuned();
-    let out = Out::of(t.cmd(&["check", "--sys-root", "/nonexistent-sys"]).output().expect("spawn"));
+    let out = Out::of(
+        t.cmd(&["check", "--sys-root", "/nonexistent-sys"])
+            .output()
+            .expect("spawn"),
+    );
     assert_eq!(out.code, 3, "{out:?}");
-    assert!(out.stdout.contains("/nonexistent-sys/kernel/mm/transparent_hugepage/enabled does not exist"), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("/nonexistent-sys/kernel/mm/transparent_hugepage/enabled does not exist"),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -198,13 +266,23 @@ fn unverified_network_namespace_is_never_in_sync() {
     let out = t.run(&["check", "-o", "json"]);
     assert_eq!(out.code, 3, "{out:?}");
     let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
-    assert!(v["netns"].as_str().unwrap_or("").starts_with("unverified"), "{v}");
+    assert!(
+        v["netns"].as_str().unwrap_or("").starts_with("unverified"),
+        "{v}"
+    );
     let s = v["settings"]
         .as_array()
-        .and_then(|s| s.iter().find(|k| k["name"] == "net.core.somaxconn").cloned())
+        .and_then(|s| {
+            s.iter()
+                .find(|k| k["name"] == "net.core.somaxconn")
+                .cloned()
+        })
         .expect("somaxconn");
     assert_eq!(s["in_sync"], false);
-    assert!(s["error"].as_str().unwrap_or("").contains("not verified"), "{s}");
+    assert!(
+        s["error"].as_str().unwrap_or("").contains("not verified"),
+        "{s}"
+    );
     let out = t.run(&["apply"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert_eq!(t.get(SOMAXCONN), "4096\n");
@@ -214,11 +292,18 @@ fn unverified_network_namespace_is_never_in_sync() {
 fn corrupt_journal_exits_4_and_nothing_is_written() {
     let t = Tree::untuned();
     std::fs::create_dir_all(t.state_dir()).expect("mkdir");
-    std::fs::write(t.state_dir().join("originals.json"), "{\"version\":1,\"orig").expect("write");
+    std::fs::write(
+        t.state_dir().join("originals.json"),
+        "{\"version\":1,\"orig",
+    )
+    .expect("write");
     for cmd in ["apply", "restore"] {
         let out = t.run(&[cmd]);
         assert_eq!(out.code, 4, "{cmd}: {out:?}");
-        assert!(out.stderr.contains("corrupt") && out.stderr.contains("originals.json"), "{out:?}");
+        assert!(
+            out.stderr.contains("corrupt") && out.stderr.contains("originals.json"),
+            "{out:?}"
+        );
     }
     assert_eq!(t.get(OVERCOMMIT), "0\n");
     assert_eq!(
@@ -248,5 +333,8 @@ fn usage_errors_exit_2_and_version_exits_0() {
     assert_eq!(t.run(&["--log-level", "bogus[", "check"]).code, 2);
     let v = t.run(&["--version"]);
     assert_eq!(v.code, 0);
-    assert_eq!(v.stdout.trim(), format!("redis-node-tuner {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        v.stdout.trim(),
+        format!("redis-node-tuner {}", env!("CARGO_PKG_VERSION"))
+    );
 }

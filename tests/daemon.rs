@@ -24,7 +24,8 @@ impl Daemon {
             .expect("spawn run");
         let d = Daemon { child, addr };
         assert!(
-            wait_for(Duration::from_secs(20), || http_get(&d.addr, "/healthz").is_ok_and(|(c, _)| c == 200)),
+            wait_for(Duration::from_secs(20), || http_get(&d.addr, "/healthz")
+                .is_ok_and(|(c, _)| c == 200)),
             "daemon did not serve /healthz"
         );
         d
@@ -45,7 +46,10 @@ impl Daemon {
             if let Ok(Some(s)) = self.child.try_wait() {
                 break s;
             }
-            assert!(Instant::now() < end, "daemon did not stop within 10 s of SIGTERM");
+            assert!(
+                Instant::now() < end,
+                "daemon did not stop within 10 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         let mut err = String::new();
@@ -76,7 +80,8 @@ fn drift_behind_its_back_is_corrected_and_counted() {
     let t = Tree::untuned();
     let d = Daemon::start(&t, &["--interval", "500ms"]);
     assert!(
-        wait_for(Duration::from_secs(10), || http_get(&d.addr, "/readyz").is_ok_and(|(c, _)| c == 200)),
+        wait_for(Duration::from_secs(10), || http_get(&d.addr, "/readyz")
+            .is_ok_and(|(c, _)| c == 200)),
         "never ready: {:?}",
         http_get(&d.addr, "/readyz")
     );
@@ -84,7 +89,8 @@ fn drift_behind_its_back_is_corrected_and_counted() {
     assert_eq!(t.get(SOMAXCONN), "2048\n");
     let m = d.metrics();
     let drift = r#"redis_node_tuner_drift_detected_total{setting="vm.overcommit_memory"}"#;
-    let ok = r#"redis_node_tuner_corrections_total{setting="vm.overcommit_memory",result="success"}"#;
+    let ok =
+        r#"redis_node_tuner_corrections_total{setting="vm.overcommit_memory",result="success"}"#;
     assert_eq!(sample(&m, drift), Some(1.0), "{m}");
     assert_eq!(sample(&m, ok), Some(1.0), "{m}");
     assert_eq!(sample(&m, "redis_node_tuner_node_ready"), Some(1.0), "{m}");
@@ -92,31 +98,55 @@ fn drift_behind_its_back_is_corrected_and_counted() {
     // Something else puts overcommit back to 0.
     let injected = Instant::now();
     t.put(OVERCOMMIT, "0\n");
-    assert!(wait_for(Duration::from_secs(10), || t.get(OVERCOMMIT) == "1\n"), "not corrected");
+    assert!(
+        wait_for(Duration::from_secs(10), || t.get(OVERCOMMIT) == "1\n"),
+        "not corrected"
+    );
     eprintln!("corrected after {:?} (interval 500ms)", injected.elapsed());
     let m = d.metrics();
     assert_eq!(sample(&m, drift), Some(2.0), "{m}");
     assert_eq!(sample(&m, ok), Some(2.0), "{m}");
     assert_eq!(
-        sample(&m, r#"redis_node_tuner_setting_actual_value{setting="vm.overcommit_memory"}"#),
+        sample(
+            &m,
+            r#"redis_node_tuner_setting_actual_value{setting="vm.overcommit_memory"}"#
+        ),
         Some(1.0)
     );
     assert_eq!(
-        sample(&m, r#"redis_node_tuner_setting_desired_value{setting="net.core.somaxconn"}"#),
+        sample(
+            &m,
+            r#"redis_node_tuner_setting_desired_value{setting="net.core.somaxconn"}"#
+        ),
         Some(2048.0)
     );
-    assert!(m.contains("redis_node_tuner_check_duration_seconds_count"), "{m}");
-    assert!(m.contains(&format!("redis_node_tuner_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{m}");
+    assert!(
+        m.contains("redis_node_tuner_check_duration_seconds_count"),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "redis_node_tuner_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{m}"
+    );
     // The originals journal still holds the first value.
     let j = std::fs::read_to_string(t.state_dir().join("originals.json")).expect("journal");
     assert!(j.contains("\"value\": \"0\""), "{j}");
 
     let (code, logs) = d.sigterm();
     assert_eq!(code, 0, "{logs}");
-    assert!(logs.contains("drift corrected") && logs.contains("SIGTERM"), "{logs}");
+    assert!(
+        logs.contains("drift corrected") && logs.contains("SIGTERM"),
+        "{logs}"
+    );
     // Every log line is JSON.
     for l in logs.lines() {
-        assert!(serde_json::from_str::<serde_json::Value>(l).is_ok(), "not JSON: {l}");
+        assert!(
+            serde_json::from_str::<serde_json::Value>(l).is_ok(),
+            "not JSON: {l}"
+        );
     }
 }
 
@@ -125,7 +155,9 @@ fn live_metrics_pass_promtool() {
     let promtool = require("promtool");
     let t = Tree::untuned();
     let d = Daemon::start(&t, &[]);
-    assert!(wait_for(Duration::from_secs(10), || d.metrics().contains("redis_node_tuner_node_ready 1")));
+    assert!(wait_for(Duration::from_secs(10), || d
+        .metrics()
+        .contains("redis_node_tuner_node_ready 1")));
     let body = d.metrics();
     let mut child = std::process::Command::new(promtool)
         .args(["check", "metrics"])
@@ -140,7 +172,10 @@ fn live_metrics_pass_promtool() {
         stdin.write_all(body.as_bytes()).expect("write");
     }
     let out = Out::of(child.wait_with_output().expect("promtool"));
-    assert_eq!(out.code, 0, "promtool check metrics failed: {out:?}\n{body}");
+    assert_eq!(
+        out.code, 0,
+        "promtool check metrics failed: {out:?}\n{body}"
+    );
     for name in [
         "redis_node_tuner_setting_in_sync",
         "redis_node_tuner_node_ready",

@@ -13,7 +13,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-bin="${RNT_APISERVER_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/redis-node-tuner/kube-apiserver-test}"
+bin="${RNT_APISERVER_BIN:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/redis-node-tuner/kube-apiserver-test}"
 
 command -v go >/dev/null 2>&1 || { echo "build.sh: 'go' not found in PATH" >&2; exit 1; }
 

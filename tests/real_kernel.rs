@@ -1,0 +1,455 @@
+//! Against the real kernel: network namespaces the test creates, and the host's global knobs
+//! (overcommit, THP), whose values are put back when each test ends, also on failure. Needs
+//! root, `ip` (iproute2) and `redis-server`. The tests of this file run one at a time.
+
+mod common;
+use common::*;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use redis_node_tuner::kernel::HostFs;
+use redis_node_tuner::profile::Profile;
+
+const THP: &str = "/sys/kernel/mm/transparent_hugepage";
+const OVERCOMMIT_PATH: &str = "/proc/sys/vm/overcommit_memory";
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Holds the host's global knobs and puts them back on drop (panic included).
+struct HostGuard {
+    saved: Vec<(PathBuf, String)>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+fn selected(raw: &str) -> String {
+    raw.split_whitespace()
+        .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
+        .unwrap_or(raw.trim())
+        .to_string()
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+}
+
+fn write(p: &Path, v: &str) {
+    std::fs::write(p, v).unwrap_or_else(|e| panic!("write {v:?} to {}: {e}", p.display()));
+}
+
+fn thp_files() -> Vec<PathBuf> {
+    let mut files = vec![
+        PathBuf::from(THP).join("enabled"),
+        PathBuf::from(THP).join("defrag"),
+    ];
+    if let Ok(rd) = std::fs::read_dir(THP) {
+        let mut sizes: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("enabled"))
+            .filter(|p| {
+                p.parent()
+                    .is_some_and(|d| d.to_string_lossy().contains("hugepages-"))
+                    && p.is_file()
+            })
+            .collect();
+        sizes.sort();
+        files.extend(sizes);
+    }
+    files
+}
+
+impl HostGuard {
+    fn take() -> HostGuard {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(is_root(), "the real-kernel tests need root");
+        let mut saved = vec![];
+        for p in [
+            PathBuf::from(OVERCOMMIT_PATH),
+            PathBuf::from("/proc/sys/net/core/somaxconn"),
+        ] {
+            saved.push((p.clone(), read(&p).trim().to_string()));
+        }
+        for p in thp_files().into_iter().filter(|p| p.exists()) {
+            saved.push((p.clone(), selected(&read(&p))));
+        }
+        HostGuard {
+            saved,
+            _serial: serial,
+        }
+    }
+
+    fn get(&self, p: &str) -> Option<&str> {
+        self.saved
+            .iter()
+            .find(|(q, _)| q == Path::new(p))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Drop for HostGuard {
+    fn drop(&mut self) {
+        for (p, v) in &self.saved {
+            if let Err(e) = std::fs::write(p, v) {
+                eprintln!("could not restore {} to {v}: {e}", p.display());
+            }
+        }
+    }
+}
+
+fn is_root() -> bool {
+    read(Path::new("/proc/self/status"))
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+}
+
+/// A network namespace made by the test, deleted on drop.
+struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    fn new(tag: &str) -> NetNs {
+        require("ip");
+        let name = format!("rnt-{tag}-{}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "ip netns add {name} failed");
+        let ns = NetNs { name };
+        assert!(
+            ns.exec(&["ip", "link", "set", "lo", "up"])
+                .status()
+                .is_ok_and(|s| s.success())
+        );
+        ns
+    }
+
+    fn exec(&self, cmd: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(cmd);
+        c
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    fn somaxconn(&self) -> String {
+        let o = self
+            .exec(&["cat", "/proc/sys/net/core/somaxconn"])
+            .output()
+            .expect("cat");
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    fn set_somaxconn(&self, v: &str) {
+        let st = self
+            .exec(&[
+                "sh",
+                "-c",
+                &format!("echo {v} > /proc/sys/net/core/somaxconn"),
+            ])
+            .status();
+        assert!(st.is_ok_and(|s| s.success()));
+        assert_eq!(self.somaxconn(), v);
+    }
+
+    /// redis-node-tuner run inside the namespace, with its own state dir.
+    fn tuner(&self, state: &Path, args: &[&str]) -> Out {
+        let mut c = self.exec(&[BIN, "--state-dir", &state.to_string_lossy()]);
+        c.args(args);
+        Out::of(c.output().expect("spawn redis-node-tuner"))
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn host_somaxconn() -> String {
+    read(Path::new("/proc/sys/net/core/somaxconn"))
+        .trim()
+        .to_string()
+}
+
+fn somaxconn_only(dir: &Path) -> String {
+    let p = dir.join("somaxconn-only.yaml");
+    write(
+        &p,
+        "mode: off\nsysctls:\n  net.core.somaxconn: {mode: enforce}\n",
+    );
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn somaxconn_is_set_in_the_agents_network_namespace_only() {
+    let _g = HostGuard::take();
+    let ns = NetNs::new("own");
+    ns.set_somaxconn("128");
+    let host_before = host_somaxconn();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let state = tmp.path().join("state");
+    let cfg = somaxconn_only(tmp.path());
+
+    let out = ns.tuner(&state, &["--config", &cfg, "check"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let out = ns.tuner(&state, &["--config", &cfg, "apply"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(ns.somaxconn().parse::<i64>().expect("int") >= 2048);
+    assert_eq!(
+        host_somaxconn(),
+        host_before,
+        "the host's value must not change"
+    );
+
+    // A restore from another namespace refuses to write this namespace's original there.
+    let out = Out::of(
+        Command::new(BIN)
+            .args(["--state-dir", &state.to_string_lossy(), "restore"])
+            .output()
+            .expect("spawn"),
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains("was recorded in network namespace"),
+        "{out:?}"
+    );
+    assert_eq!(host_somaxconn(), host_before);
+
+    let out = ns.tuner(&state, &["restore"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(ns.somaxconn(), "128");
+}
+
+/// A proc root whose `sys` is the real /proc/sys and whose PID 1 lives in `ns`: the agent must
+/// enter that namespace (on its own thread) to reach "the host's" somaxconn.
+fn proc_root_in(ns: &NetNs, dir: &Path) -> PathBuf {
+    let root = dir.join("hostproc");
+    std::fs::create_dir_all(root.join("1/ns")).expect("mkdir");
+    std::os::unix::fs::symlink("/proc/sys", root.join("sys")).expect("symlink sys");
+    std::os::unix::fs::symlink(ns.path(), root.join("1/ns/net")).expect("symlink ns");
+    root
+}
+
+#[test]
+fn a_foreign_proc_root_makes_the_agent_enter_pid1s_network_namespace() {
+    let _g = HostGuard::take();
+    let ns = NetNs::new("enter");
+    ns.set_somaxconn("128");
+    let host_before = host_somaxconn();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = proc_root_in(&ns, tmp.path());
+    let cfg = somaxconn_only(tmp.path());
+    let state = tmp.path().join("state");
+    let run = |args: &[&str]| {
+        Out::of(
+            Command::new(BIN)
+                .arg("--proc-root")
+                .arg(&root)
+                .arg("--state-dir")
+                .arg(&state)
+                .args(["--config", &cfg])
+                .args(args)
+                .output()
+                .expect("spawn"),
+        )
+    };
+    let out = run(&["check", "-o", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    assert!(
+        v["netns"].as_str().unwrap_or("").starts_with("entered"),
+        "{v}"
+    );
+    assert_eq!(v["settings"][0]["actual"], "128", "{v}");
+    let out = run(&["apply"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(ns.somaxconn(), "2048");
+    assert_eq!(host_somaxconn(), host_before);
+
+    // The kernel's EINVAL comes back as a clear error naming knob and file; value unchanged.
+    let mut fs = HostFs::new(&root, "/sys");
+    let profile = Profile::from_yaml(&read(Path::new(&cfg))).expect("profile");
+    let mut targets = fs.resolve(&profile);
+    let e = fs.write(&mut targets[0], "-1").expect_err("EINVAL");
+    assert_eq!(e.kind(), "rejected", "{e}");
+    assert!(
+        e.to_string().contains("net.core.somaxconn")
+            && e.to_string().contains("somaxconn (EINVAL)"),
+        "{e}"
+    );
+    assert_eq!(ns.somaxconn(), "2048");
+    fs.assert_host_netns("no effect once entered");
+}
+
+#[test]
+fn overcommit_and_thp_are_applied_and_restored_on_the_host() {
+    let g = HostGuard::take();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let state = tmp.path().join("state");
+    write(Path::new(OVERCOMMIT_PATH), "0");
+    write(&Path::new(THP).join("enabled"), "always");
+    write(&Path::new(THP).join("defrag"), "madvise");
+    let size_2m = Path::new(THP).join("hugepages-2048kB/enabled");
+    let has_2m = size_2m.exists();
+    if has_2m {
+        write(&size_2m, "always");
+    }
+    let tuner = |args: &[&str]| {
+        Out::of(
+            Command::new(BIN)
+                .arg("--state-dir")
+                .arg(&state)
+                .args(args)
+                .output()
+                .expect("spawn"),
+        )
+    };
+    let out = tuner(&["check"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let out = tuner(&["apply"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(read(Path::new(OVERCOMMIT_PATH)).trim(), "1");
+    assert_eq!(selected(&read(&Path::new(THP).join("enabled"))), "never");
+    assert_eq!(selected(&read(&Path::new(THP).join("defrag"))), "never");
+    if has_2m {
+        assert_eq!(selected(&read(&size_2m)), "never");
+    }
+    assert_eq!(tuner(&["check"]).code, 0);
+
+    let out = tuner(&["restore"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(read(Path::new(OVERCOMMIT_PATH)).trim(), "0");
+    assert_eq!(selected(&read(&Path::new(THP).join("enabled"))), "always");
+    assert_eq!(selected(&read(&Path::new(THP).join("defrag"))), "madvise");
+    if has_2m {
+        assert_eq!(selected(&read(&size_2m)), "always");
+    }
+    assert!(g.get(OVERCOMMIT_PATH).is_some());
+}
+
+/// Starts redis-server in `ns`, waits until it is ready (or exits), stops it, and returns the
+/// `# WARNING` lines it logged.
+fn redis_warnings(ns: &NetNs, extra: &[&str]) -> Vec<String> {
+    require("redis-server");
+    let mut args = vec![
+        "redis-server",
+        "--port",
+        "6390",
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = ns
+        .exec(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = vec![];
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) => {
+                let ready = l.contains("Ready to accept connections");
+                lines.push(l);
+                if ready {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Ready to accept connections")),
+        "redis-server did not start:\n{}",
+        lines.join("\n")
+    );
+    lines
+        .into_iter()
+        .filter(|l| l.contains("WARNING"))
+        .collect()
+}
+
+const BACKLOG: &str = "TCP backlog setting of 511 cannot be enforced";
+const OVERCOMMIT_WARN: &str = "Memory overcommit must be enabled";
+const THP_WARN: &str = "Transparent Huge Pages (THP) support enabled";
+
+#[test]
+fn redis_startup_warnings_disappear_after_apply() {
+    let _g = HostGuard::take();
+    let ns = NetNs::new("redis");
+    ns.set_somaxconn("128");
+    write(Path::new(OVERCOMMIT_PATH), "0");
+    write(&Path::new(THP).join("enabled"), "always");
+
+    let before = redis_warnings(&ns, &["--disable-thp", "no"]);
+    for w in [BACKLOG, OVERCOMMIT_WARN, THP_WARN] {
+        assert!(
+            before.iter().any(|l| l.contains(w)),
+            "expected {w:?} before apply: {before:#?}"
+        );
+    }
+    let check = ns
+        .exec(&["redis-server", "--check-system"])
+        .output()
+        .expect("check-system");
+    assert_eq!(
+        check.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = ns.tuner(&tmp.path().join("state"), &["apply"]);
+    assert_eq!(out.code, 0, "{out:?}");
+
+    let after = redis_warnings(&ns, &["--disable-thp", "no"]);
+    assert!(after.is_empty(), "warnings after apply: {after:#?}");
+    let after_default = redis_warnings(&ns, &[]);
+    assert!(
+        after_default.is_empty(),
+        "warnings after apply: {after_default:#?}"
+    );
+    let check = ns
+        .exec(&["redis-server", "--check-system"])
+        .output()
+        .expect("check-system");
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "redis-server --check-system after apply:\n{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
