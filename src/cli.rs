@@ -99,6 +99,12 @@ pub struct Cli {
         default_value = "info"
     )]
     pub log_level: String,
+    /// Kubernetes mode: kubeconfig to use (Kubernetes mode is also on inside a pod).
+    #[arg(long, global = true, env = "REDIS_NODE_TUNER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode: the Node this agent runs on (default: $NODE_NAME).
+    #[arg(long, global = true, env = "REDIS_NODE_TUNER_NODE_NAME")]
+    pub node_name: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -137,7 +143,89 @@ pub enum Command {
         /// Loop interval, overriding the profile's (e.g. 1s, 500ms).
         #[arg(long, env = "REDIS_NODE_TUNER_INTERVAL")]
         interval: Option<String>,
+        /// Effect of the not-ready taint: NoSchedule, PreferNoSchedule, NoExecute, or none.
+        #[arg(
+            long,
+            env = "REDIS_NODE_TUNER_TAINT_EFFECT",
+            default_value = "NoSchedule"
+        )]
+        taint_effect: String,
+        /// How often the node condition is rewritten when nothing changes (e.g. 5m).
+        #[arg(long, env = "REDIS_NODE_TUNER_HEARTBEAT", default_value = "5m")]
+        heartbeat: String,
+        /// The agent's own Pod name, to prove host networking (default: $POD_NAME).
+        #[arg(long, env = "REDIS_NODE_TUNER_POD_NAME")]
+        pod_name: Option<String>,
+        /// The agent's own Pod namespace (default: $POD_NAMESPACE).
+        #[arg(long, env = "REDIS_NODE_TUNER_POD_NAMESPACE")]
+        pod_namespace: Option<String>,
+        /// Stay standalone even inside a pod.
+        #[arg(long, env = "REDIS_NODE_TUNER_NO_KUBERNETES")]
+        no_kubernetes: bool,
     },
+    /// Remove the agent's label, taint and condition from a Node (for uninstall).
+    Cleanup,
+}
+
+/// The Kubernetes settings of `run`, validated before anything starts.
+struct KubeMode {
+    kubeconfig: Option<PathBuf>,
+    opts: crate::k8s::GateOptions,
+}
+
+fn env_fallback(v: &Option<String>, var: &str) -> Option<String> {
+    v.clone()
+        .or_else(|| std::env::var(var).ok())
+        .filter(|s| !s.is_empty())
+}
+
+fn kube_mode(cli: &Cli) -> Result<Option<KubeMode>, String> {
+    let Command::Run {
+        taint_effect,
+        heartbeat,
+        pod_name,
+        pod_namespace,
+        no_kubernetes,
+        ..
+    } = &cli.command
+    else {
+        return Ok(None);
+    };
+    if *no_kubernetes || (cli.kubeconfig.is_none() && !crate::k8s::in_cluster()) {
+        return Ok(None);
+    }
+    let node_name = env_fallback(&cli.node_name, "NODE_NAME")
+        .ok_or("Kubernetes mode needs --node-name (or NODE_NAME)")?;
+    let taint_effect = match taint_effect.as_str() {
+        "none" => None,
+        e @ ("NoSchedule" | "PreferNoSchedule" | "NoExecute") => Some(e.to_string()),
+        other => {
+            return Err(format!(
+                "--taint-effect {other:?}: expected NoSchedule, PreferNoSchedule, NoExecute or none"
+            ));
+        }
+    };
+    let heartbeat = profile::parse_duration(heartbeat)
+        .filter(|d| d.as_secs() >= 1)
+        .ok_or_else(|| {
+            format!("--heartbeat {heartbeat:?}: expected a duration of at least 1s (e.g. 5m)")
+        })?;
+    let pod = match (
+        env_fallback(pod_namespace, "POD_NAMESPACE"),
+        env_fallback(pod_name, "POD_NAME"),
+    ) {
+        (Some(ns), Some(name)) => Some((ns, name)),
+        _ => None,
+    };
+    Ok(Some(KubeMode {
+        kubeconfig: cli.kubeconfig.clone(),
+        opts: crate::k8s::GateOptions {
+            node_name,
+            taint_effect,
+            heartbeat,
+            pod,
+        },
+    }))
 }
 
 /// The binary's entry point.
@@ -204,6 +292,16 @@ pub fn run_cli(cli: Cli) -> Exit {
             }
         }
     }
+    if let Command::Cleanup = &cli.command {
+        return cleanup(&cli);
+    }
+    let kube = match kube_mode(&cli) {
+        Ok(k) => k,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return Exit::Usage;
+        }
+    };
     let fs = HostFs::new(&cli.proc_root, &cli.sys_root);
     match &cli.command {
         Command::Check { output } => check(Agent::new(fs, &profile, JournalSlot::None), *output),
@@ -224,9 +322,50 @@ pub fn run_cli(cli: Cli) -> Exit {
                     JournalSlot::Broken(e.to_string())
                 }
             };
-            daemon(Agent::new(fs, &profile, journal), listen)
+            daemon(Agent::new(fs, &profile, journal), listen, kube)
         }
+        Command::Cleanup => Exit::Usage,
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            Exit::Runtime
+        })
+}
+
+fn cleanup(cli: &Cli) -> Exit {
+    let Some(node) = env_fallback(&cli.node_name, "NODE_NAME") else {
+        eprintln!("error: cleanup needs --node-name (or NODE_NAME)");
+        return Exit::Usage;
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return e,
+    };
+    rt.block_on(async {
+        let client = match crate::k8s::client(cli.kubeconfig.as_deref()).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Exit::Usage;
+            }
+        };
+        match crate::k8s::cleanup(client, &node, Arc::new(Metrics::new())).await {
+            Ok(()) => {
+                println!("removed label, taint and condition of redis-node-tuner from node {node}");
+                Exit::Ok
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Exit::NotReady
+            }
+        }
+    })
 }
 
 fn print_table(report: &Report) {
@@ -399,16 +538,10 @@ fn restore(fs: &HostFs, state_dir: &std::path::Path) -> Exit {
     }
 }
 
-fn daemon(agent: Agent, listen: &str) -> Exit {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+fn daemon(agent: Agent, listen: &str, kube: Option<KubeMode>) -> Exit {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return Exit::Runtime;
-        }
+        Err(e) => return e,
     };
     rt.block_on(async move {
         let listener = if listen.is_empty() {
@@ -426,8 +559,46 @@ fn daemon(agent: Agent, listen: &str) -> Exit {
             }
         };
         let metrics = Arc::new(Metrics::new());
-        let (tx, _rx) = tokio::sync::watch::channel(None);
-        match crate::daemon::run(agent, metrics, listener, tx).await {
+        let mut hooks = crate::daemon::Hooks::new();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut gate = None;
+        if let Some(k) = kube {
+            // Building the client reads the kubeconfig only: the API server may be down.
+            let client = match crate::k8s::client(k.kubeconfig.as_deref()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Exit::Usage;
+                }
+            };
+            let (ev_tx, ev_rx) = tokio::sync::mpsc::channel(1024);
+            let (proof_tx, proof_rx) = tokio::sync::mpsc::channel(1);
+            hooks.events = Some(ev_tx);
+            hooks.netns_proof = Some(proof_rx);
+            let inputs = crate::k8s::GateInputs {
+                reports: hooks.reports.subscribe(),
+                events: ev_rx,
+                stop: stop_rx,
+                netns_proof: Some(proof_tx),
+            };
+            tracing::info!(node = %k.opts.node_name, "Kubernetes mode");
+            gate = Some(tokio::spawn(crate::k8s::run(
+                client,
+                k.opts,
+                metrics.clone(),
+                inputs,
+            )));
+        }
+        let res = crate::daemon::run(agent, metrics, listener, hooks).await;
+        let _ = stop_tx.send(true);
+        if let Some(g) = gate
+            && tokio::time::timeout(std::time::Duration::from_secs(8), g)
+                .await
+                .is_err()
+        {
+            tracing::warn!("Kubernetes reporter did not stop in time");
+        }
+        match res {
             Ok(()) => Exit::Ok,
             Err(e) => {
                 eprintln!("error: {e}");

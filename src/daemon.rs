@@ -5,19 +5,52 @@ use std::time::Instant;
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
-use crate::agent::{Agent, Report};
+use crate::agent::{Agent, Event, Report};
 use crate::http::{self, Health};
 use crate::metrics::Metrics;
 
-/// Runs the loop until SIGTERM or SIGINT. Every pass is published on `reports`.
+/// Where the loop publishes, for reporters such as the Kubernetes gate.
+pub struct Hooks {
+    /// Every pass's report.
+    pub reports: watch::Sender<Option<Arc<Report>>>,
+    /// Every event (dropped, with a log line, if the reporter lags by more than the buffer).
+    pub events: Option<mpsc::Sender<Event>>,
+    /// Proofs that the agent's network namespace is the host's (e.g. from its Pod).
+    pub netns_proof: Option<mpsc::Receiver<String>>,
+}
+
+impl Hooks {
+    pub fn new() -> Hooks {
+        Hooks {
+            reports: watch::channel(None).0,
+            events: None,
+            netns_proof: None,
+        }
+    }
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+async fn next_proof(rx: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the loop until SIGTERM or SIGINT. Every pass is published through `hooks`.
 pub async fn run(
     mut agent: Agent,
     metrics: Arc<Metrics>,
     listener: Option<TcpListener>,
-    reports: watch::Sender<Option<Arc<Report>>>,
+    mut hooks: Hooks,
 ) -> std::io::Result<()> {
     let health = Arc::new(Health::default());
     let server = listener.map(|l| tokio::spawn(http::serve(l, metrics.clone(), health.clone())));
@@ -47,7 +80,23 @@ pub async fn run(
                     }
                     was_ready = Some(report.ready);
                 }
-                reports.send_replace(Some(Arc::new(report)));
+                if let Some(tx) = &hooks.events {
+                    for e in events {
+                        if tx.try_send(e).is_err() {
+                            tracing::warn!("reporter is behind: event dropped");
+                        }
+                    }
+                }
+                hooks.reports.send_replace(Some(Arc::new(report)));
+            }
+            proof = next_proof(&mut hooks.netns_proof) => {
+                match proof {
+                    Some(p) => {
+                        tracing::info!(proof = %p, "host network namespace proven");
+                        agent.fs_mut().assert_host_netns(p);
+                    }
+                    None => hooks.netns_proof = None,
+                }
             }
             _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }

@@ -512,6 +512,9 @@ impl HostFs {
         f.write_all(format!("{value}\n").as_bytes())
             .map_err(|e| io_err(&e))?;
         drop(f);
+        // Read back through a fresh descriptor: the file may have been replaced since it was
+        // opened (module reload, a test tree), and the write went to the current one.
+        t.fd = None;
         match self.read(t)? {
             Some(r) => Ok(r),
             None => Err(KernelError::NotFound {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod daemon;
 pub mod http;
 pub mod journal;
+pub mod k8s;
 pub mod kernel;
 pub mod metrics;
 pub mod profile;

@@ -3,69 +3,8 @@
 mod common;
 use common::*;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-struct Daemon {
-    child: Child,
-    addr: String,
-}
-
-impl Daemon {
-    fn start(t: &Tree, extra: &[&str]) -> Daemon {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut args = vec!["run", "--listen", addr.as_str(), "--log-format", "json"];
-        args.extend_from_slice(extra);
-        let child = t
-            .cmd(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn run");
-        let d = Daemon { child, addr };
-        assert!(
-            wait_for(Duration::from_secs(20), || http_get(&d.addr, "/healthz")
-                .is_ok_and(|(c, _)| c == 200)),
-            "daemon did not serve /healthz"
-        );
-        d
-    }
-
-    fn metrics(&self) -> String {
-        http_get(&self.addr, "/metrics").expect("GET /metrics").1
-    }
-
-    /// Sends SIGTERM and waits (at most 10 s): (exit code, stderr).
-    fn sigterm(mut self) -> (i32, String) {
-        use std::io::Read;
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let end = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                break s;
-            }
-            assert!(
-                Instant::now() < end,
-                "daemon did not stop within 10 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
-        (status.code().unwrap_or(-1), err)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The value of one sample line, e.g. `name{labels}`.
 fn sample(metrics: &str, series: &str) -> Option<f64> {

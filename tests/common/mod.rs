@@ -1,8 +1,11 @@
 //! Shared helpers of the integration tests.
 #![allow(dead_code)]
 
+pub mod apiserver;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_redis-node-tuner");
 
@@ -157,4 +160,78 @@ pub fn wait_for(timeout: std::time::Duration, mut f: impl FnMut() -> bool) -> bo
 
 pub fn exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// `redis-node-tuner run` as a child process, killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: String,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `run` on the tree (JSON logs on a pipe) and waits for /healthz.
+    pub fn start(t: &Tree, extra: &[&str]) -> Daemon {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut args = vec!["run", "--listen", addr.as_str(), "--log-format", "json"];
+        args.extend_from_slice(extra);
+        let log = t.path(&format!("agent-{}.log", addr.replace([':', '.'], "-")));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = t
+            .cmd(&args)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn run");
+        let mut d = Daemon { child, addr, log };
+        let up = wait_for(Duration::from_secs(20), || {
+            http_get(&d.addr, "/healthz").is_ok_and(|(c, _)| c == 200)
+        });
+        if !up {
+            let (code, logs) = d.stop_now();
+            panic!("daemon did not serve /healthz (exit {code}):\n{logs}");
+        }
+        d
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(&self.addr, "/metrics").expect("GET /metrics").1
+    }
+
+    fn stop_now(&mut self) -> (i32, String) {
+        let _ = self.child.kill();
+        self.collect()
+    }
+
+    /// The agent's log so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn collect(&mut self) -> (i32, String) {
+        let end = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                break s;
+            }
+            assert!(Instant::now() < end, "daemon did not stop within 15 s");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status.code().unwrap_or(-1), self.logs())
+    }
+
+    /// Sends SIGTERM and waits: (exit code, stderr).
+    pub fn sigterm(mut self) -> (i32, String) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

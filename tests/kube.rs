@@ -1,0 +1,474 @@
+//! Kubernetes mode against a real kube-apiserver (tests/apiserver), the agent running with a
+//! pod-bound token of its own ServiceAccount under deploy/rbac.yaml, over a fake kernel tree.
+
+mod common;
+use common::apiserver::{ApiServer, condition, label, taint_keys};
+use common::*;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const LABEL: &str = "redis-node-tuner.io/ready";
+const TAINT: &str = "redis-node-tuner.io/not-ready";
+const COND: &str = "RedisKernelTuned";
+const SECONDS: Duration = Duration::from_secs(15);
+
+fn startup_taint() -> Value {
+    json!([{"key": TAINT, "effect": "NoSchedule"}])
+}
+
+/// Makes a knob drift and unwritable: its file (which the agent keeps open) is moved aside and
+/// given a wrong value, and a directory takes its place, so every correction fails.
+fn break_knob(t: &Tree, rel: &str, wrong: &str) {
+    let aside = format!("{rel}.aside");
+    std::fs::rename(t.path(rel), t.path(&aside)).expect("rename");
+    std::fs::create_dir_all(t.path(rel)).expect("mkdir");
+    t.put(&aside, wrong);
+}
+
+/// A writable file again, holding `value`.
+fn fix_knob(t: &Tree, rel: &str, value: &str) {
+    std::fs::remove_dir(t.path(rel)).expect("rmdir");
+    t.put(rel, value);
+}
+
+fn agent(t: &Tree, kubeconfig: &std::path::Path, node: &str, extra: &[&str]) -> Daemon {
+    let kc = kubeconfig.to_string_lossy().into_owned();
+    let mut args = vec![
+        "--kubeconfig",
+        &kc,
+        "--node-name",
+        node,
+        "--interval",
+        "200ms",
+        "--heartbeat",
+        "1h",
+    ];
+    args.extend_from_slice(extra);
+    Daemon::start(t, &args)
+}
+
+fn is_ready_marked(n: &Value) -> bool {
+    label(n, LABEL).as_deref() == Some("true")
+        && !taint_keys(n).contains(&TAINT.to_string())
+        && condition(n, COND).is_some_and(|c| c["status"] == "True")
+}
+
+fn is_unready_marked(n: &Value) -> bool {
+    label(n, LABEL).is_none()
+        && taint_keys(n).contains(&TAINT.to_string())
+        && condition(n, COND).is_some_and(|c| c["status"] == "False")
+}
+
+fn events_for(api: &ApiServer, node: &str) -> Vec<Value> {
+    let v: Value =
+        serde_json::from_str(&api.ok(&["get", "events.events.k8s.io", "-A", "-o", "json"]))
+            .expect("events");
+    v["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|e| e["regarding"]["kind"] == "Node" && e["regarding"]["name"] == node)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn untuned_node_is_tainted_until_tuned_then_labelled_and_condition_true() {
+    let api = ApiServer::start();
+    api.create_node("db-1", json!({"pool": "redis"}), startup_taint());
+    let kc = api.agent_kubeconfig("db-1", false);
+    let t = Tree::untuned();
+    break_knob(&t, SOMAXCONN, "128\n");
+    let d = agent(&t, &kc, "db-1", &[]);
+
+    // Not ready: taint kept, no label, condition False with reason and the failing knob.
+    assert!(
+        wait_for(SECONDS, || condition(&api.node("db-1"), COND).is_some()),
+        "no condition: {}",
+        d.logs()
+    );
+    let n = api.node("db-1");
+    assert!(is_unready_marked(&n), "{n:#}");
+    let c = condition(&n, COND).expect("condition");
+    assert_eq!(c["reason"], "CorrectionFailed", "{c:#}");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("net.core.somaxconn=unreadable (want >= 2048)"),
+        "{c:#}"
+    );
+    // Kubelet's condition is untouched.
+    assert_eq!(
+        condition(&n, "Ready").map(|c| c["reason"].clone()),
+        Some(json!("KubeletReady"))
+    );
+
+    // The knob becomes writable: the agent tunes it, and the node is marked ready.
+    fix_knob(&t, SOMAXCONN, "128\n");
+    assert!(
+        wait_for(SECONDS, || is_ready_marked(&api.node("db-1"))),
+        "{:#}",
+        api.node("db-1")
+    );
+    assert_eq!(t.get(SOMAXCONN), "2048\n");
+    let n = api.node("db-1");
+    let c = condition(&n, COND).expect("condition");
+    assert_eq!(c["reason"], "AllSettingsInSync");
+    assert_eq!(label(&n, "pool").as_deref(), Some("redis"));
+    assert_eq!(
+        condition(&n, "Ready").map(|c| c["status"].clone()),
+        Some(json!("True"))
+    );
+    // The label is owned by the agent's field manager (server-side apply).
+    let full: Value = serde_json::from_str(&api.ok(&[
+        "get",
+        "node",
+        "db-1",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]))
+    .expect("json");
+    let managers: Vec<String> = full["metadata"]["managedFields"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .filter_map(|f| f["manager"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        managers.contains(&"redis-node-tuner".to_string()),
+        "{managers:?}"
+    );
+
+    let describe = api.ok(&["describe", "node", "db-1"]);
+    assert!(
+        describe.contains("RedisKernelTuned") && describe.contains("AllSettingsInSync"),
+        "{describe}"
+    );
+    assert!(
+        describe.contains("redis-node-tuner.io/ready=true"),
+        "{describe}"
+    );
+
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            let reasons: Vec<Value> = events_for(&api, "db-1")
+                .iter()
+                .map(|e| e["reason"].clone())
+                .collect();
+            [
+                "DriftDetected",
+                "DriftCorrected",
+                "CorrectionFailed",
+                "NodeReady",
+            ]
+            .iter()
+            .all(|r| reasons.contains(&json!(r)))
+        }),
+        "events: {:#?}\n{}",
+        events_for(&api, "db-1"),
+        d.logs()
+    );
+    let m = d.metrics();
+    assert!(
+        m.contains(r#"redis_node_tuner_kube_requests_total{verb="apply",result="success"}"#),
+        "{m}"
+    );
+}
+
+#[test]
+fn other_components_labels_and_taints_survive_every_write() {
+    let api = ApiServer::start();
+    api.create_node(
+        "db-2",
+        json!({"team": "data"}),
+        json!([{"key": TAINT, "effect": "NoSchedule"}, {"key": "dedicated", "value": "redis", "effect": "NoSchedule"}]),
+    );
+    let kc = api.agent_kubeconfig("db-2", false);
+    let t = Tree::untuned();
+    let _d = agent(&t, &kc, "db-2", &[]);
+    assert!(wait_for(SECONDS, || is_ready_marked(&api.node("db-2"))));
+
+    // While another controller adds its own taints and labels, the node flips readiness
+    // several times, so the agent rewrites the taint list each time.
+    let writer_api_kc = api.admin_kubeconfig();
+    let writer = std::thread::spawn(move || {
+        for i in 0..10 {
+            let o = std::process::Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(&writer_api_kc)
+                .args(["taint", "node", "db-2", &format!("other-{i}=x:NoSchedule")])
+                .output();
+            assert!(
+                o.is_ok_and(|o| o.status.success()),
+                "kubectl taint other-{i}"
+            );
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    });
+    for round in 0..3 {
+        break_knob(&t, OVERCOMMIT, "0\n");
+        assert!(
+            wait_for(SECONDS, || is_unready_marked(&api.node("db-2"))),
+            "round {round}"
+        );
+        fix_knob(&t, OVERCOMMIT, "0\n");
+        assert!(
+            wait_for(SECONDS, || is_ready_marked(&api.node("db-2"))),
+            "round {round}"
+        );
+    }
+    writer.join().expect("writer thread");
+    api.ok(&["label", "node", "db-2", "added-later=yes"]);
+    break_knob(&t, OVERCOMMIT, "0\n");
+    assert!(wait_for(SECONDS, || is_unready_marked(&api.node("db-2"))));
+    let n = api.node("db-2");
+    let keys = taint_keys(&n);
+    for i in 0..10 {
+        assert!(
+            keys.contains(&format!("other-{i}")),
+            "other-{i} lost: {keys:?}"
+        );
+    }
+    assert!(keys.contains(&"dedicated".to_string()), "{keys:?}");
+    assert_eq!(label(&n, "team").as_deref(), Some("data"));
+    assert_eq!(label(&n, "added-later").as_deref(), Some("yes"));
+}
+
+#[test]
+fn marks_removed_or_altered_by_hand_are_put_back() {
+    let api = ApiServer::start();
+    api.create_node("db-3", json!({}), startup_taint());
+    let kc = api.agent_kubeconfig("db-3", false);
+    let t = Tree::untuned();
+    let _d = agent(&t, &kc, "db-3", &[]);
+    assert!(wait_for(SECONDS, || is_ready_marked(&api.node("db-3"))));
+
+    api.ok(&["label", "node", "db-3", &format!("{LABEL}-")]);
+    assert!(
+        wait_for(SECONDS, || is_ready_marked(&api.node("db-3"))),
+        "label not restored"
+    );
+
+    api.ok(&[
+        "label",
+        "node",
+        "db-3",
+        "--overwrite",
+        &format!("{LABEL}=false"),
+    ]);
+    assert!(
+        wait_for(SECONDS, || is_ready_marked(&api.node("db-3"))),
+        "label not corrected"
+    );
+
+    api.ok(&["taint", "node", "db-3", &format!("{TAINT}:NoSchedule")]);
+    assert!(
+        wait_for(SECONDS, || is_ready_marked(&api.node("db-3"))),
+        "taint not removed"
+    );
+
+    let now = "2026-01-01T00:00:00Z";
+    let patch = json!({"status": {"conditions": [{"type": COND, "status": "False", "reason": "Tampered",
+        "message": "x", "lastHeartbeatTime": now, "lastTransitionTime": now}]}});
+    api.ok(&[
+        "patch",
+        "node",
+        "db-3",
+        "--subresource=status",
+        "--type=strategic",
+        "-p",
+        &patch.to_string(),
+    ]);
+    assert!(
+        wait_for(SECONDS, || is_ready_marked(&api.node("db-3"))),
+        "condition not restored"
+    );
+}
+
+#[test]
+fn api_outage_never_stops_kernel_enforcement_and_marks_catch_up() {
+    let mut api = ApiServer::start();
+    api.create_node("db-4", json!({}), startup_taint());
+    let kc = api.agent_kubeconfig("db-4", false);
+    let t = Tree::untuned();
+    let d = agent(&t, &kc, "db-4", &[]);
+    assert!(wait_for(SECONDS, || is_ready_marked(&api.node("db-4"))));
+
+    api.stop();
+    // Drift behind the agent's back is still corrected with the API down.
+    t.put(OVERCOMMIT, "0\n");
+    assert!(
+        wait_for(SECONDS, || t.get(OVERCOMMIT) == "1\n"),
+        "not corrected during the outage"
+    );
+    // And the node's truth changes while the API is down.
+    break_knob(&t, THP_DEFRAG, "[always] defer never\n");
+    assert!(wait_for(SECONDS, || http_get(&d.addr, "/readyz")
+        .is_ok_and(|(c, _)| c == 503)));
+    std::thread::sleep(Duration::from_secs(2));
+
+    api.restart();
+    assert!(
+        wait_for(Duration::from_secs(10), || is_unready_marked(
+            &api.node("db-4")
+        )),
+        "marks did not catch up within 10 s: {:#}\n{}",
+        api.node("db-4"),
+        d.logs()
+    );
+    let m = d.metrics();
+    assert!(
+        m.contains(r#"result="error"}"#),
+        "API errors not counted: {m}"
+    );
+
+    fix_knob(&t, THP_DEFRAG, "madvise\n");
+    assert!(wait_for(Duration::from_secs(10), || is_ready_marked(
+        &api.node("db-4")
+    )));
+}
+
+#[test]
+fn agent_for_one_node_never_writes_another_and_its_token_is_least_privilege() {
+    let api = ApiServer::start();
+    api.create_node("db-5", json!({}), startup_taint());
+    api.create_node("db-6", json!({}), startup_taint());
+    let before = api.node("db-6");
+    let kc = api.agent_kubeconfig("db-5", false);
+    let t = Tree::untuned();
+    let _d = agent(&t, &kc, "db-5", &[]);
+    assert!(wait_for(SECONDS, || is_ready_marked(&api.node("db-5"))));
+    std::thread::sleep(Duration::from_secs(2));
+    let after = api.node("db-6");
+    assert_eq!(
+        before["metadata"]["resourceVersion"], after["metadata"]["resourceVersion"],
+        "node db-6 was written"
+    );
+    assert!(is_unready_marked(&after) || condition(&after, COND).is_none());
+    assert!(condition(&after, COND).is_none());
+
+    // Outside its role: forbidden.
+    let secrets = api.kubectl_as(&kc, &["get", "secrets", "-A"]);
+    assert_ne!(secrets.code, 0, "{secrets:?}");
+    assert!(
+        secrets.stderr.contains("Forbidden") || secrets.stderr.contains("forbidden"),
+        "{secrets:?}"
+    );
+    let delete = api.kubectl_as(&kc, &["delete", "node", "db-6", "--dry-run=server"]);
+    assert!(delete.stderr.contains("forbidden"), "{delete:?}");
+    let whoami = api.kubectl_as(&kc, &["auth", "whoami", "-o", "json"]);
+    assert!(
+        whoami
+            .stdout
+            .contains("system:serviceaccount:redis-node-tuner:redis-node-tuner"),
+        "{whoami:?}"
+    );
+}
+
+#[test]
+fn sigterm_sets_condition_unknown_and_leaves_label_and_kernel_values() {
+    let api = ApiServer::start();
+    api.create_node("db-7", json!({}), startup_taint());
+    let kc = api.agent_kubeconfig("db-7", false);
+    let t = Tree::untuned();
+    let d = agent(&t, &kc, "db-7", &[]);
+    assert!(wait_for(SECONDS, || is_ready_marked(&api.node("db-7"))));
+    let (code, logs) = d.sigterm();
+    assert_eq!(code, 0, "{logs}");
+    let n = api.node("db-7");
+    let c = condition(&n, COND).expect("condition");
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some("Unknown"), Some("AgentStopped")),
+        "{c:#}"
+    );
+    assert_eq!(
+        label(&n, LABEL).as_deref(),
+        Some("true"),
+        "label must stay for a rolling update"
+    );
+    assert!(!taint_keys(&n).contains(&TAINT.to_string()));
+    assert_eq!(t.get(OVERCOMMIT), "1\n");
+    assert_eq!(t.get(SOMAXCONN), "2048\n");
+}
+
+#[test]
+fn cleanup_leaves_no_trace_of_the_agent() {
+    let api = ApiServer::start();
+    api.create_node(
+        "db-8",
+        json!({"keep": "me"}),
+        json!([{"key": "keep", "effect": "NoSchedule"}]),
+    );
+    let kc = api.agent_kubeconfig("db-8", false);
+    let t = Tree::untuned();
+    break_knob(&t, OVERCOMMIT, "0\n");
+    let d = agent(&t, &kc, "db-8", &[]);
+    assert!(wait_for(SECONDS, || is_unready_marked(&api.node("db-8"))));
+    let _ = d.sigterm();
+    let out = Out::of(
+        t.cmd(&[
+            "cleanup",
+            "--node-name",
+            "db-8",
+            "--kubeconfig",
+            &kc.to_string_lossy(),
+        ])
+        .output()
+        .expect("cleanup"),
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let n = api.node("db-8");
+    assert_eq!(label(&n, LABEL), None);
+    let keys = taint_keys(&n);
+    assert!(
+        keys.contains(&"keep".to_string()) && !keys.contains(&TAINT.to_string()),
+        "{keys:?}"
+    );
+    assert!(condition(&n, COND).is_none(), "{n:#}");
+    assert!(condition(&n, "Ready").is_some());
+    assert_eq!(label(&n, "keep").as_deref(), Some("me"));
+    let text = n.to_string();
+    assert!(!text.contains("redis-node-tuner.io"), "{n:#}");
+}
+
+#[test]
+fn host_network_pod_proves_the_network_namespace() {
+    let api = ApiServer::start();
+    api.create_node("db-9", json!({}), startup_taint());
+    let kc = api.agent_kubeconfig("db-9", true);
+    let t = Tree::untuned();
+    // No PID 1 under the proc root: the namespace cannot be compared, only proven.
+    std::fs::remove_file(t.path("proc/1/ns/net")).expect("rm");
+    let d = agent(
+        &t,
+        &kc,
+        "db-9",
+        &[
+            "--pod-name",
+            "redis-node-tuner-db-9",
+            "--pod-namespace",
+            "redis-node-tuner",
+        ],
+    );
+    assert!(
+        wait_for(SECONDS, || is_ready_marked(&api.node("db-9"))),
+        "{}",
+        d.logs()
+    );
+    assert_eq!(t.get(SOMAXCONN), "2048\n");
+    assert!(
+        d.logs().contains("host network namespace proven"),
+        "{}",
+        d.logs()
+    );
+}
