@@ -352,6 +352,7 @@ fn log_event(e: &Event) {
 mod tests {
     use super::*;
     use crate::kernel::tests::FakeTree;
+    use crate::profile::Desired;
 
     fn agent(tree: &FakeTree, profile: &Profile, state: &std::path::Path) -> Agent {
         let j = Journal::load(state).unwrap();
@@ -480,31 +481,26 @@ mod tests {
 
     #[test]
     fn not_applied_when_the_read_back_differs() {
-        // A knob whose file keeps its value: a write that "succeeds" but does not stick.
+        // A value that reads back as something the profile does not accept (as when a kernel
+        // clamps a write) is a failure, not a correction. Validation never builds such a
+        // Desired from a config; it stands in for the kernel here.
         let tree = FakeTree::untuned();
-        let p = Profile::from_yaml("sysctls:\n  kernel.fixed: {equals: 5}\n").unwrap();
-        tree.put("proc/sys/kernel/fixed", "3\n");
-        let mut a = agent(&tree, &p, &tree.dir.path().join("state"));
+        let mut a = agent(&tree, &Profile::default(), &tree.dir.path().join("state"));
         let t = a
             .targets
             .iter_mut()
-            .find(|t| t.name == "kernel.fixed")
+            .find(|t| t.name == "thp.enabled")
             .unwrap();
-        let fs = &a.fs;
-        let _ = fs.read(t);
-        // Make the write land elsewhere: replace the file by a directory-backed symlink target.
-        let real = tree.dir.path().join("proc/sys/kernel/fixed");
-        std::fs::remove_file(&real).unwrap();
-        std::fs::create_dir_all(tree.dir.path().join("elsewhere")).unwrap();
-        tree.put("elsewhere/fixed", "3\n");
-        std::os::unix::fs::symlink(tree.dir.path().join("elsewhere/fixed"), &real).unwrap();
-        // The kept descriptor still reads the old (unlinked) file: the read-back shows 3.
-        let err = correct(fs, &mut JournalSlot::None, t, "3", "5").unwrap_err();
+        t.desired = Desired::Word {
+            allowed: vec!["never".into()],
+            set: "madvise".into(),
+        };
+        let err = correct(&a.fs, &mut JournalSlot::None, t, "always", "madvise").unwrap_err();
         assert!(err.contains("read-only agent"), "{err}");
         let mut slot = JournalSlot::Ready(Journal::load(&tree.dir.path().join("state2")).unwrap());
-        let err = correct(fs, &mut slot, t, "3", "5").unwrap_err();
+        let err = correct(&a.fs, &mut slot, t, "always", "madvise").unwrap_err();
         assert!(
-            err.contains("wrote \"5\"") && err.contains("reads back \"3\""),
+            err.contains("wrote \"madvise\"") && err.contains("reads back \"madvise\""),
             "{err}"
         );
     }

@@ -736,6 +736,22 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_replaced_file_is_reopened_after_a_write() {
+        let tree = FakeTree::untuned();
+        let fs = tree.fs();
+        let mut ts = fs.resolve(&Profile::default());
+        let t = target(&mut ts, "vm.overcommit_memory");
+        assert_eq!(fs.read(t).unwrap().unwrap().value, "0");
+        // The file is replaced behind the kept descriptor.
+        let p = tree.dir.path().join("proc/sys/vm/overcommit_memory");
+        std::fs::rename(&p, tree.dir.path().join("old")).unwrap();
+        tree.put("proc/sys/vm/overcommit_memory", "2\n");
+        assert_eq!(fs.write(t, "1").unwrap().value, "1");
+        tree.put("proc/sys/vm/overcommit_memory", "0\n");
+        assert_eq!(fs.read(t).unwrap().unwrap().value, "0");
+    }
+
+    #[test]
     fn missing_thp_directory_is_not_applicable() {
         let tree = FakeTree::untuned();
         std::fs::remove_dir_all(tree.dir.path().join("sys/kernel/mm/transparent_hugepage"))
