@@ -64,6 +64,7 @@ pub async fn run(
         "enforce loop started"
     );
     let mut was_ready: Option<bool> = None;
+    let mut notified = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -71,6 +72,15 @@ pub async fn run(
                 let (report, events) = agent.reconcile(start);
                 metrics.observe(&report, &events, start.elapsed());
                 health.update(&report);
+                if !notified {
+                    // systemd Type=notify: started once the first apply pass completed.
+                    crate::notify::notify(if report.ready {
+                        "READY=1\nSTATUS=every enforce-mode setting is in sync"
+                    } else {
+                        "READY=1\nSTATUS=not ready: see /readyz or the logs"
+                    });
+                    notified = true;
+                }
                 if was_ready != Some(report.ready) {
                     if report.ready {
                         tracing::info!("node ready: every enforce-mode setting is in sync");
@@ -102,6 +112,7 @@ pub async fn run(
             _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
         }
     }
+    crate::notify::notify("STOPPING=1");
     if let Some(s) = server {
         s.abort();
     }

@@ -12,5 +12,6 @@ pub mod journal;
 pub mod k8s;
 pub mod kernel;
 pub mod metrics;
+pub mod notify;
 pub mod profile;
 pub mod reconcile;
