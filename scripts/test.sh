@@ -22,6 +22,12 @@ fi
 # Debian's package may start a Redis on 6379; the tests start their own in namespaces.
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+# The real kube-apiserver the Kubernetes tests start (Go, built once and cached; the first
+# build takes about 8 minutes on 2 cores).
+command -v go >/dev/null || { echo "go is required to build the test kube-apiserver" >&2; exit 1; }
+command -v kubectl >/dev/null || { echo "kubectl is required by the Kubernetes tests" >&2; exit 1; }
+bash tests/apiserver/build.sh
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets

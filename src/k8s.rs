@@ -622,6 +622,8 @@ pub async fn run(client: Client, opts: GateOptions, metrics: Arc<Metrics>, mut i
     let nodes = gate.api.nodes.clone();
     let mut node_stream =
         pin!(watcher::watch_object(nodes, &gate.opts.node_name).backoff(Backoff::default()));
+    let started = Instant::now();
+    let mut first_ready_marked = false;
     let mut retry = Backoff::default();
     let mut retry_at: Option<Instant> = None;
     let mut pending_events: Vec<KEvent> = vec![];
@@ -674,6 +676,13 @@ pub async fn run(client: Client, opts: GateOptions, metrics: Arc<Metrics>, mut i
             Ok(()) => {
                 if retry_at.take().is_some() {
                     tracing::info!("node marks written after API errors");
+                }
+                if report.ready && !first_ready_marked && gate.node.is_some() {
+                    first_ready_marked = true;
+                    tracing::info!(
+                        since_start_ms = started.elapsed().as_millis() as u64,
+                        "node marked ready: label set, taint removed, condition True"
+                    );
                 }
                 kube::runtime::utils::Backoff::reset(&mut retry);
             }
