@@ -189,12 +189,14 @@ pub fn our_condition(node: &Node) -> Option<&NodeCondition> {
         .and_then(|c| c.iter().find(|c| c.type_ == CONDITION))
 }
 
-pub fn has_label(node: &Node) -> bool {
-    node.metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(LABEL))
-        .is_some_and(|v| v == "true")
+/// Whether the node's label matches `want` (`true` present, or absent altogether).
+pub fn label_matches(node: &Node, want: bool) -> bool {
+    let value = node.metadata.labels.as_ref().and_then(|l| l.get(LABEL));
+    if want {
+        value.is_some_and(|v| v == "true")
+    } else {
+        value.is_none()
+    }
 }
 
 pub fn has_taint(node: &Node, effect: &str) -> bool {
@@ -494,7 +496,7 @@ impl Gate {
             return Ok(());
         };
         let want = desired_marks(report);
-        if has_label(&node) != want.label {
+        if !label_matches(&node, want.label) {
             self.node = Some(self.api.set_label(want.label).await?);
         }
         if let Some(effect) = self.opts.taint_effect.clone() {
@@ -638,7 +640,13 @@ pub async fn run(client: Client, opts: GateOptions, metrics: Arc<Metrics>, mut i
             }
             ev = inputs.events.recv() => {
                 match ev {
-                    Some(e) => pending_events.push(event_for(&e)),
+                    Some(e) => {
+                        // Bounded while the Node is unknown: the oldest go first.
+                        if pending_events.len() >= 100 {
+                            pending_events.remove(0);
+                        }
+                        pending_events.push(event_for(&e));
+                    }
                     None => break,
                 }
             }
@@ -867,6 +875,25 @@ mod tests {
         assert_eq!(
             (beat.last_heartbeat_time, beat.last_transition_time),
             (Some(Time(t2)), Some(Time(t0)))
+        );
+    }
+
+    #[test]
+    fn label_must_be_true_or_absent() {
+        let node = |v: Option<&str>| {
+            let mut n = Node::default();
+            if let Some(v) = v {
+                n.metadata.labels = Some([(LABEL.to_string(), v.to_string())].into());
+            }
+            n
+        };
+        assert!(label_matches(&node(Some("true")), true));
+        assert!(!label_matches(&node(Some("false")), true));
+        assert!(!label_matches(&node(None), true));
+        assert!(label_matches(&node(None), false));
+        assert!(
+            !label_matches(&node(Some("false")), false),
+            "a stray value is removed too"
         );
     }
 
