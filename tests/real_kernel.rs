@@ -420,16 +420,8 @@ fn redis_startup_warnings_disappear_after_apply() {
             "expected {w:?} before apply: {before:#?}"
         );
     }
-    let check = ns
-        .exec(&["redis-server", "--check-system"])
-        .output()
-        .expect("check-system");
-    assert_eq!(
-        check.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    let (code, report) = check_system(&ns);
+    assert_eq!(code, Some(1), "{report}");
 
     let tmp = tempfile::tempdir().expect("tmp");
     let out = ns.tuner(&tmp.path().join("state"), &["apply"]);
@@ -442,14 +434,22 @@ fn redis_startup_warnings_disappear_after_apply() {
         after_default.is_empty(),
         "warnings after apply: {after_default:#?}"
     );
-    let check = ns
+    let (code, report) = check_system(&ns);
+    assert_eq!(
+        code,
+        Some(0),
+        "redis-server --check-system after apply:\n{report}"
+    );
+}
+
+/// `redis-server --check-system` in the namespace: (exit code, what it printed).
+fn check_system(ns: &NetNs) -> (Option<i32>, String) {
+    let out = ns
         .exec(&["redis-server", "--check-system"])
         .output()
-        .expect("check-system");
-    assert_eq!(
-        check.status.code(),
-        Some(0),
-        "redis-server --check-system after apply:\n{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+        .expect("redis-server --check-system");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
