@@ -42,7 +42,7 @@ pub const REASON_STOPPED: &str = "AgentStopped";
 pub enum GateError {
     #[error("kubeconfig {path}: {message}")]
     Kubeconfig { path: PathBuf, message: String },
-    #[error("in-cluster config: {0}")]
+    #[error("no kubeconfig and no in-cluster config: {0}")]
     InCluster(String),
     #[error("Kubernetes client: {0}")]
     Client(String),
@@ -67,7 +67,8 @@ pub struct GateOptions {
     pub pod: Option<(String, String)>,
 }
 
-/// Builds a client from a kubeconfig file, or from the in-cluster service account.
+/// Builds a client from a kubeconfig file, or else from $KUBECONFIG, ~/.kube/config or the
+/// in-cluster service account.
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, GateError> {
     let config = match kubeconfig {
         Some(path) => {
@@ -82,7 +83,10 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Gate
                     message: e.to_string(),
                 })?
         }
-        None => Config::incluster().map_err(|e| GateError::InCluster(e.to_string()))?,
+        // $KUBECONFIG or ~/.kube/config when present, else the in-cluster service account.
+        None => Config::infer()
+            .await
+            .map_err(|e| GateError::InCluster(e.to_string()))?,
     };
     Client::try_from(config).map_err(|e| GateError::Client(e.to_string()))
 }

@@ -1,5 +1,5 @@
 //! Kubernetes mode against a real kube-apiserver (tests/apiserver), the agent running with a
-//! pod-bound token of its own ServiceAccount under deploy/rbac.yaml, over a fake kernel tree.
+//! pod-bound token of its own ServiceAccount under deploy/base/access (RBAC and the admission policy), over a fake kernel tree.
 
 mod common;
 use common::apiserver::{ApiServer, condition, label, taint_keys};

@@ -199,11 +199,12 @@ impl ApiServer {
         ]);
     }
 
-    /// Installs the agent's RBAC from deploy/rbac.yaml, creates a Pod object for `node` and
-    /// returns a kubeconfig carrying a token bound to that Pod for the agent's ServiceAccount.
+    /// Installs the agent's RBAC and admission policy from deploy/base/access, creates a Pod
+    /// object for `node` and returns a kubeconfig carrying a token bound to that Pod for the
+    /// agent's ServiceAccount.
     pub fn agent_kubeconfig(&self, node: &str, host_network: bool) -> PathBuf {
         let _ = self.kubectl(&["create", "namespace", "redis-node-tuner"]);
-        let rbac = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac.yaml");
+        let rbac = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/access");
         self.ok(&["apply", "--server-side", "-f", &rbac.to_string_lossy()]);
         let pod = format!("redis-node-tuner-{node}");
         self.apply_json(
@@ -252,6 +253,62 @@ impl ApiServer {
             "current-context": "agent",
         });
         let p = self.dir.path().join(format!("agent-{node}.kubeconfig"));
+        std::fs::write(&p, kc.to_string()).expect("write kubeconfig");
+        p
+    }
+
+    /// A kubeconfig with a token of `namespace/service_account`, bound to the existing Pod
+    /// `namespace/pod` when given (the kubelet's projected token: node-name claim), unbound
+    /// otherwise (no node claim).
+    pub fn token_kubeconfig(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        pod: Option<&str>,
+    ) -> PathBuf {
+        let mut args = vec![
+            "create".to_string(),
+            "token".into(),
+            service_account.into(),
+            "-n".into(),
+            namespace.into(),
+            "--duration".into(),
+            "1h".into(),
+        ];
+        if let Some(pod) = pod {
+            let uid = self.ok(&[
+                "get",
+                "pod",
+                "-n",
+                namespace,
+                pod,
+                "-o",
+                "jsonpath={.metadata.uid}",
+            ]);
+            args.extend([
+                "--bound-object-kind".into(),
+                "Pod".into(),
+                "--bound-object-name".into(),
+                pod.into(),
+                "--bound-object-uid".into(),
+                uid.trim().into(),
+            ]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let token = self.ok(&args);
+        let ca = std::fs::read(self.dir.path().join("ca.crt")).expect("ca.crt");
+        let kc = serde_json::json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "test", "cluster": {
+                "server": self.url, "certificate-authority-data": base64(&ca)}}],
+            "users": [{"name": "sa", "user": {"token": token.trim()}}],
+            "contexts": [{"name": "sa", "context": {"cluster": "test", "user": "sa"}}],
+            "current-context": "sa",
+        });
+        let p = self.dir.path().join(format!(
+            "{namespace}-{service_account}-{}.kubeconfig",
+            pod.unwrap_or("unbound")
+        ));
         std::fs::write(&p, kc.to_string()).expect("write kubeconfig");
         p
     }

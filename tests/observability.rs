@@ -1,0 +1,771 @@
+//! The monitoring of deploy/base/monitoring: the PrometheusRule's alerts (promtool check + unit
+//! tests), the Grafana dashboard's model and PromQL, and both against a live agent in Kubernetes
+//! mode (real kube-apiserver) scraped by a real Prometheus evaluating the real rules.
+
+mod common;
+use common::apiserver::ApiServer;
+use common::*;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const PREFIX: &str = "redis_node_tuner_";
+/// The job label a PodMonitor redis-node-tuner/redis-node-tuner gives the agents' targets.
+const JOB: &str = "redis-node-tuner/redis-node-tuner";
+const SECONDS: Duration = Duration::from_secs(30);
+
+fn monitoring(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/base/monitoring")
+        .join(file)
+}
+
+fn read(file: &str) -> String {
+    let p = monitoring(file);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn yaml(file: &str) -> Value {
+    serde_saphyr::from_str::<Value>(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+fn prometheus_rule() -> Value {
+    yaml("prometheusrule.yaml")
+}
+
+fn dashboard() -> Value {
+    serde_json::from_str(&read("dashboard.json")).expect("dashboard.json is JSON")
+}
+
+fn arr(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+fn str_of<'a>(v: &'a Value, what: &str) -> &'a str {
+    v.as_str()
+        .unwrap_or_else(|| panic!("{what}: expected a string, got {v}"))
+}
+
+/// Every rule of every group of the PrometheusRule.
+fn rules(pr: &Value) -> Vec<&Value> {
+    arr(&pr["spec"]["groups"])
+        .iter()
+        .flat_map(|g| arr(&g["rules"]))
+        .collect()
+}
+
+/// Writes the PrometheusRule's `spec` as a plain rule file (JSON is YAML) and a copy of
+/// rules_test.yaml next to it, as rules_test.yaml's `rule_files` expects.
+fn extracted_rules(dir: &Path) -> PathBuf {
+    let spec = &prometheus_rule()["spec"];
+    let file = dir.join("rules.json");
+    std::fs::write(&file, serde_json::to_string_pretty(spec).expect("json")).expect("write");
+    std::fs::write(dir.join("rules_test.yaml"), read("rules_test.yaml")).expect("write");
+    file
+}
+
+fn promtool(dir: &Path, args: &[&str]) -> Out {
+    Out::of(
+        Command::new(require("promtool"))
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("run promtool"),
+    )
+}
+
+/// Every panel, rows' nested panels included.
+fn panels(d: &Value) -> Vec<&Value> {
+    fn walk<'a>(ps: &'a [Value], out: &mut Vec<&'a Value>) {
+        for p in ps {
+            out.push(p);
+            walk(arr(&p["panels"]), out);
+        }
+    }
+    let mut out = vec![];
+    walk(arr(&d["panels"]), &mut out);
+    out
+}
+
+/// (panel title, refId, expr) of every query of the dashboard.
+fn dashboard_queries(d: &Value) -> Vec<(String, String, String)> {
+    let mut out = vec![];
+    for p in panels(d) {
+        for t in arr(&p["targets"]) {
+            if let Some(e) = t["expr"].as_str() {
+                out.push((
+                    p["title"].as_str().unwrap_or("?").to_string(),
+                    t["refId"].as_str().unwrap_or("?").to_string(),
+                    e.to_string(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The PromQL of the templating variables: `label_values(SELECTOR, label)` -> SELECTOR.
+fn variable_queries(d: &Value) -> Vec<(String, String)> {
+    let mut out = vec![];
+    for v in arr(&d["templating"]["list"]) {
+        if v["type"] != "query" {
+            continue;
+        }
+        let q = v["query"]["query"]
+            .as_str()
+            .or(v["query"].as_str())
+            .or(v["definition"].as_str())
+            .unwrap_or_else(|| panic!("variable without a query: {v}"));
+        let q = q.trim();
+        let sel = q
+            .strip_prefix("label_values(")
+            .and_then(|r| r.strip_suffix(')'))
+            .and_then(|r| r.rsplit_once(','))
+            .map(|(sel, _label)| sel.trim())
+            .unwrap_or(q);
+        out.push((
+            v["name"].as_str().unwrap_or("?").to_string(),
+            sel.to_string(),
+        ));
+    }
+    out
+}
+
+/// Grafana's variables replaced by what they expand to, for Prometheus.
+fn expand(d: &Value, expr: &str, rate_interval: &str) -> String {
+    let mut e = expr
+        .replace("${__rate_interval}", rate_interval)
+        .replace("$__rate_interval", rate_interval)
+        .replace("${__interval}", "1m")
+        .replace("$__interval", "1m")
+        .replace("${__range}", "1h")
+        .replace("$__range", "1h");
+    let mut names: Vec<&str> = arr(&d["templating"]["list"])
+        .iter()
+        .filter(|v| v["type"] == "query")
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    // Longest first, so `$node` does not eat the start of `$nodes`.
+    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    for n in names {
+        e = e
+            .replace(&format!("${{{n}}}"), ".*")
+            .replace(&format!("${n}"), ".*");
+    }
+    assert!(
+        !e.contains('$'),
+        "unknown Grafana variable in {expr:?} (expanded: {e:?})"
+    );
+    e
+}
+
+/// Metric names starting with `redis_node_tuner_` in a PromQL expression.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut out = BTreeSet::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find(PREFIX) {
+        let before = rest[..i].chars().next_back();
+        let tail = &rest[i..];
+        let end = tail.find(|c| !is_ident(c)).unwrap_or(tail.len());
+        if !before.is_some_and(is_ident) {
+            out.insert(tail[..end].to_string());
+        }
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// Every `redis_node_tuner_*` name used by the alert rules and the dashboard, with where.
+fn used_metric_names() -> BTreeMap<String, Vec<String>> {
+    let mut used: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let pr = prometheus_rule();
+    for r in rules(&pr) {
+        let expr = str_of(&r["expr"], "expr");
+        let who = format!("alert {}", r["alert"].as_str().unwrap_or("?"));
+        for n in metric_names(expr) {
+            used.entry(n).or_default().push(who.clone());
+        }
+    }
+    let d = dashboard();
+    for (title, refid, expr) in dashboard_queries(&d) {
+        for n in metric_names(&expr) {
+            used.entry(n)
+                .or_default()
+                .push(format!("panel {title:?} {refid}"));
+        }
+    }
+    for (name, q) in variable_queries(&d) {
+        for n in metric_names(&q) {
+            used.entry(n).or_default().push(format!("variable ${name}"));
+        }
+    }
+    used
+}
+
+/// An exposition (Prometheus text 0.0.4): sample names, and family -> type.
+fn exposition(body: &str) -> (BTreeSet<String>, BTreeMap<String, String>) {
+    let mut samples = BTreeSet::new();
+    let mut types = BTreeMap::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some((name, kind)) = rest.split_once(' ') {
+                types.insert(name.to_string(), kind.trim().to_string());
+            }
+        } else if !line.starts_with('#') && !line.trim().is_empty() {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            samples.insert(line[..end].to_string());
+        }
+    }
+    (samples, types)
+}
+
+/// The family of a sample name: `_bucket`/`_sum`/`_count` of a histogram map to the histogram.
+fn family(name: &str, types: &BTreeMap<String, String>) -> String {
+    for suffix in ["_bucket", "_sum", "_count"] {
+        match name.strip_suffix(suffix) {
+            Some(base) if types.get(base).is_some_and(|t| t == "histogram") => {
+                return base.to_string();
+            }
+            _ => {}
+        }
+    }
+    name.to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Static checks.
+
+#[test]
+fn prometheus_rule_is_well_formed() {
+    let pr = prometheus_rule();
+    assert_eq!(pr["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(pr["kind"], "PrometheusRule");
+    assert_eq!(pr["metadata"]["name"], "redis-node-tuner");
+    assert_eq!(pr["metadata"]["namespace"], "redis-node-tuner");
+    let rs = rules(&pr);
+    assert!(rs.len() >= 5, "{} rules", rs.len());
+    let mut names = BTreeSet::new();
+    for r in rs {
+        let name = str_of(&r["alert"], "every rule is an alert");
+        assert!(names.insert(name), "alert {name} defined twice");
+        assert!(!str_of(&r["expr"], name).trim().is_empty(), "{name}: expr");
+        let sev = str_of(&r["labels"]["severity"], &format!("{name}: severity"));
+        assert!(
+            ["critical", "warning", "info"].contains(&sev),
+            "{name}: severity {sev}"
+        );
+        for a in ["summary", "description", "runbook"] {
+            let text = str_of(&r["annotations"][a], &format!("{name}: annotation {a}"));
+            assert!(
+                text.len() > 20,
+                "{name}: annotation {a} too short: {text:?}"
+            );
+        }
+    }
+    for required in [
+        "RedisNodeTunerSettingDrift",
+        "RedisNodeTunerCorrectionFailing",
+        "RedisNodeTunerNodeNotReady",
+        "RedisNodeTunerDown",
+        "RedisNodeTunerAbsent",
+        "RedisNodeTunerKubeAPIErrors",
+    ] {
+        assert!(names.contains(required), "{required} missing: {names:?}");
+    }
+}
+
+#[test]
+fn promtool_checks_and_unit_tests_the_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules_file = extracted_rules(dir.path());
+    let check = promtool(
+        dir.path(),
+        &["check", "rules", &rules_file.to_string_lossy()],
+    );
+    assert_eq!(check.code, 0, "promtool check rules: {check:?}");
+    let test = promtool(dir.path(), &["test", "rules", "rules_test.yaml"]);
+    assert_eq!(test.code, 0, "promtool test rules: {test:?}");
+    assert!(test.stdout.contains("SUCCESS"), "{test:?}");
+}
+
+#[test]
+fn every_alert_is_unit_tested_firing_and_not_firing() {
+    let t = yaml("rules_test.yaml");
+    assert_eq!(
+        t["rule_files"],
+        json!(["rules.json"]),
+        "the test reads the extracted spec"
+    );
+    let mut firing = BTreeSet::new();
+    let mut silent = BTreeSet::new();
+    for case in arr(&t["tests"]) {
+        for at in arr(&case["alert_rule_test"]) {
+            let name = str_of(&at["alertname"], "alertname").to_string();
+            if arr(&at["exp_alerts"]).is_empty() {
+                silent.insert(name);
+            } else {
+                firing.insert(name);
+            }
+        }
+    }
+    for r in rules(&prometheus_rule()) {
+        let name = str_of(&r["alert"], "alert");
+        assert!(firing.contains(name), "no unit test where {name} fires");
+        assert!(
+            silent.contains(name),
+            "no unit test where {name} stays quiet"
+        );
+    }
+}
+
+#[test]
+fn dashboard_is_a_grafana_model_on_a_datasource_variable() {
+    let d = dashboard();
+    assert!(d["uid"].as_str().is_some_and(|u| !u.is_empty()), "uid");
+    assert!(d["title"].as_str().is_some_and(|u| !u.is_empty()), "title");
+    assert!(d["schemaVersion"].as_u64().is_some(), "schemaVersion");
+    let vars = arr(&d["templating"]["list"]);
+    let ds = vars
+        .iter()
+        .find(|v| v["name"] == "datasource")
+        .expect("a datasource variable");
+    assert_eq!(ds["type"], "datasource");
+    assert_eq!(ds["query"], "prometheus");
+    let want = json!({"type": "prometheus", "uid": "${datasource}"});
+    for v in vars.iter().filter(|v| v["type"] == "query") {
+        assert_eq!(v["datasource"], want, "variable {}", v["name"]);
+    }
+    let mut ids = BTreeSet::new();
+    for p in panels(&d) {
+        let title = p["title"].as_str().unwrap_or("?");
+        let id = p["id"].as_u64().unwrap_or_else(|| panic!("{title}: no id"));
+        assert!(ids.insert(id), "panel id {id} used twice");
+        let g = &p["gridPos"];
+        let (x, w) = (g["x"].as_u64().unwrap_or(99), g["w"].as_u64().unwrap_or(99));
+        assert!(
+            x + w <= 24 && g["h"].as_u64().is_some(),
+            "{title}: gridPos {g}"
+        );
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(p["datasource"], want, "panel {title:?}");
+        let targets = arr(&p["targets"]);
+        assert!(!targets.is_empty(), "panel {title:?} has no query");
+        let mut refs = BTreeSet::new();
+        for t in targets {
+            assert_eq!(t["datasource"], want, "panel {title:?} target");
+            let r = str_of(&t["refId"], "refId");
+            assert!(refs.insert(r), "panel {title:?}: refId {r} twice");
+            assert!(t["expr"].as_str().is_some(), "panel {title:?} {r}: no expr");
+        }
+    }
+    // What the dashboard is for.
+    let all: String = dashboard_queries(&d)
+        .into_iter()
+        .map(|(_, _, e)| e + "\n")
+        .collect();
+    for needle in [
+        "redis_node_tuner_node_ready",
+        "min by (node, setting) (redis_node_tuner_setting_in_sync",
+        "redis_node_tuner_drift_detected_total",
+        "redis_node_tuner_corrections_total",
+        "redis_node_tuner_kube_requests_total{result=\"error\"",
+        "count by (version) (redis_node_tuner_build_info",
+        "redis_node_tuner_check_duration_seconds_bucket",
+    ] {
+        assert!(all.contains(needle), "no panel queries {needle}");
+    }
+    let matrix = panels(&d)
+        .into_iter()
+        .find(|p| {
+            arr(&p["transformations"])
+                .iter()
+                .any(|t| t["id"] == "groupingToMatrix")
+        })
+        .expect("a node x setting matrix");
+    let opts = &arr(&matrix["transformations"])[0]["options"];
+    assert_eq!(
+        (&opts["rowField"], &opts["columnField"]),
+        (&json!("node"), &json!("setting"))
+    );
+}
+
+#[test]
+fn dashboard_queries_are_valid_promql() {
+    // promtool parses every expression as a recording rule.
+    let d = dashboard();
+    let mut rules = vec![];
+    for (i, (title, refid, expr)) in dashboard_queries(&d).into_iter().enumerate() {
+        rules.push(
+            json!({"record": format!("dashboard:query_{i}"), "expr": expand(&d, &expr, "5m"),
+            "labels": {"panel": title, "ref": refid}}),
+        );
+    }
+    for (name, q) in variable_queries(&d) {
+        rules.push(
+            json!({"record": format!("dashboard:variable_{name}"), "expr": expand(&d, &q, "5m")}),
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("dashboard.rules.json");
+    std::fs::write(
+        &f,
+        json!({"groups": [{"name": "dashboard", "rules": rules}]}).to_string(),
+    )
+    .expect("write");
+    let out = promtool(dir.path(), &["check", "rules", &f.to_string_lossy()]);
+    assert_eq!(out.code, 0, "dashboard PromQL: {out:?}");
+}
+
+#[test]
+fn metric_names_are_found_and_normalised() {
+    assert_eq!(
+        metric_names(
+            "histogram_quantile(0.9, sum by (le) (rate(redis_node_tuner_check_duration_seconds_bucket{x=\"redis_node_tuner\"}[5m]))) / xredis_node_tuner_no"
+        ),
+        BTreeSet::from(["redis_node_tuner_check_duration_seconds_bucket".to_string()])
+    );
+    let (_, types) = exposition(
+        "# TYPE redis_node_tuner_check_duration_seconds histogram\n# TYPE redis_node_tuner_x_count gauge\n",
+    );
+    assert_eq!(
+        family("redis_node_tuner_check_duration_seconds_sum", &types),
+        "redis_node_tuner_check_duration_seconds"
+    );
+    assert_eq!(
+        family("redis_node_tuner_x_count", &types),
+        "redis_node_tuner_x_count"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Live: the agent in Kubernetes mode, a real Prometheus scraping it and evaluating the rules.
+
+/// Makes a knob drift and unwritable (as in tests/kube.rs): its file, which the agent keeps
+/// open, is moved aside with a wrong value and a directory takes its place.
+fn break_knob(t: &Tree, rel: &str, wrong: &str) {
+    let aside = format!("{rel}.aside");
+    std::fs::rename(t.path(rel), t.path(&aside)).expect("rename");
+    std::fs::create_dir_all(t.path(rel)).expect("mkdir");
+    t.put(&aside, wrong);
+}
+
+/// HTTP/1.0 GET (never chunked): (status, body).
+fn get10(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `prometheus` scraping one agent every second with the labels a PodMonitor gives it, and
+/// evaluating the extracted PrometheusRule every second; killed on drop.
+struct Prometheus {
+    child: Child,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(agent: &str, node: &str) -> Prometheus {
+        let bin = require("prometheus");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rules = extracted_rules(dir.path());
+        let config = json!({
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+            "rule_files": [rules],
+            "scrape_configs": [{
+                "job_name": JOB,
+                "static_configs": [{"targets": [agent], "labels": {
+                    "namespace": "redis-node-tuner",
+                    "pod": format!("redis-node-tuner-{node}"),
+                    "node": node,
+                }}],
+            }],
+        });
+        let cfg = dir.path().join("prometheus.yml");
+        std::fs::write(&cfg, config.to_string()).expect("write");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn prometheus");
+        let p = Prometheus { child, addr, dir };
+        assert!(
+            wait_for(SECONDS, || get10(&p.addr, "/-/ready")
+                .is_ok_and(|(c, _)| c == 200)),
+            "prometheus not ready: {}",
+            p.logs()
+        );
+        p
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    fn api(&self, path: &str) -> Value {
+        let (code, body) = get10(&self.addr, path).expect("prometheus API");
+        let v: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {code} {body}"));
+        assert_eq!(v["status"], "success", "{path}: {v}");
+        v["data"].clone()
+    }
+
+    /// The result vector of an instant query.
+    fn query(&self, expr: &str) -> Vec<Value> {
+        let d = self.api(&format!("/api/v1/query?query={}", urlencode(expr)));
+        arr(&d["result"]).to_vec()
+    }
+
+    /// Every pending or firing alert.
+    fn alerts(&self) -> Vec<Value> {
+        arr(&self.api("/api/v1/alerts")["alerts"]).to_vec()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn has_alert(alerts: &[Value], name: &str, state: &str, setting: Option<&str>) -> bool {
+    alerts.iter().any(|a| {
+        a["labels"]["alertname"] == name
+            && a["state"] == state
+            && setting.is_none_or(|s| a["labels"]["setting"] == s)
+    })
+}
+
+#[test]
+fn live_agent_exposes_every_metric_used_and_prometheus_evaluates_rules_and_panels() {
+    let node = "obs-1";
+    let mut api = ApiServer::start();
+    api.create_node(node, json!({"pool": "redis"}), json!([]));
+    let kc = api.agent_kubeconfig(node, false);
+    let kc = kc.to_string_lossy().into_owned();
+    let t = Tree::untuned();
+    let d = Daemon::start(
+        &t,
+        &[
+            "--kubeconfig",
+            &kc,
+            "--node-name",
+            node,
+            "--interval",
+            "200ms",
+            "--heartbeat",
+            "1h",
+        ],
+    );
+    assert!(
+        wait_for(SECONDS, || {
+            let m = d.metrics();
+            m.contains("redis_node_tuner_node_ready 1")
+                && m.contains("redis_node_tuner_kube_requests_total{")
+        }),
+        "no Kubernetes requests counted:\n{}\n{}",
+        d.metrics(),
+        d.logs()
+    );
+
+    // Every name the rules and the dashboard use is in the live exposition.
+    let body = d.metrics();
+    let (samples, types) = exposition(&body);
+    let used = used_metric_names();
+    assert!(used.len() >= 10, "{used:?}");
+    let mut missing = vec![];
+    for (name, who) in &used {
+        let fam = family(name, &types);
+        if !samples.contains(name) || !types.contains_key(&fam) {
+            missing.push(format!("{name} (family {fam}), used by {}", who.join(", ")));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not exposed by the live agent:\n  {}\n--- /metrics\n{body}",
+        missing.join("\n  ")
+    );
+    let used_families: BTreeSet<String> = used.keys().map(|n| family(n, &types)).collect();
+    let unused: Vec<&String> = types
+        .keys()
+        .filter(|f| f.starts_with(PREFIX) && !used_families.contains(*f))
+        .collect();
+    eprintln!("metric families exposed but used by no alert or panel: {unused:?}");
+
+    // A real Prometheus scrapes the agent with the PodMonitor's labels and runs the rules.
+    let prom = Prometheus::start(&d.addr, node);
+    assert!(
+        wait_for(SECONDS, || prom
+            .query("redis_node_tuner_build_info")
+            .iter()
+            .any(|s| s["metric"]["node"] == node
+                && s["metric"]["job"] == JOB
+                && s["metric"]["namespace"] == "redis-node-tuner")),
+        "agent not scraped: {}",
+        prom.logs()
+    );
+
+    // Trouble: somaxconn drifts and cannot be corrected; the Kubernetes API goes away.
+    break_knob(&t, SOMAXCONN, "128\n");
+    assert!(
+        wait_for(SECONDS, || d
+            .metrics()
+            .contains("redis_node_tuner_node_ready 0")),
+        "{}",
+        d.logs()
+    );
+    api.stop();
+    assert!(
+        wait_for(SECONDS, || {
+            let m = d.metrics();
+            m.lines().any(|l| {
+                l.starts_with("redis_node_tuner_kube_requests_total{")
+                    && l.contains("result=\"error\"")
+            })
+        }),
+        "no API error counted:\n{}",
+        d.metrics()
+    );
+
+    let expected = [
+        (
+            "RedisNodeTunerCorrectionFailing",
+            "firing",
+            Some("net.core.somaxconn"),
+        ),
+        (
+            "RedisNodeTunerSettingDrift",
+            "pending",
+            Some("net.core.somaxconn"),
+        ),
+        ("RedisNodeTunerNodeNotReady", "pending", None),
+        ("RedisNodeTunerKubeAPIErrors", "pending", None),
+    ];
+    let ok = wait_for(Duration::from_secs(60), || {
+        let a = prom.alerts();
+        expected
+            .iter()
+            .all(|(n, s, setting)| has_alert(&a, n, s, *setting))
+    });
+    let alerts = prom.alerts();
+    assert!(ok, "expected {expected:?}, got {alerts:#?}");
+    for a in &alerts {
+        let name = a["labels"]["alertname"].as_str().unwrap_or("?");
+        assert!(
+            expected.iter().any(|(n, ..)| *n == name),
+            "unexpected alert {name}: {a:#}"
+        );
+        assert_eq!(a["labels"]["node"], node, "{a:#}");
+        for ann in ["summary", "description", "runbook"] {
+            let text = a["annotations"][ann].as_str().unwrap_or("");
+            assert!(
+                !text.is_empty() && !text.contains("<no value>"),
+                "{name} {ann}: {text:?}"
+            );
+        }
+        assert!(
+            a["annotations"]["summary"]
+                .as_str()
+                .is_some_and(|s| s.contains(node)),
+            "{a:#}"
+        );
+    }
+    let groups = prom.api("/api/v1/rules");
+    for g in arr(&groups["groups"]) {
+        for r in arr(&g["rules"]) {
+            assert_eq!(r["health"], "ok", "rule {}: {r:#}", r["name"]);
+        }
+    }
+
+    // Every dashboard query and variable answers, with the agent's series.
+    let dash = dashboard();
+    let mut queries: Vec<(String, String)> = dashboard_queries(&dash)
+        .into_iter()
+        .map(|(title, refid, e)| (format!("panel {title:?} {refid}"), e))
+        .collect();
+    queries.extend(
+        variable_queries(&dash)
+            .into_iter()
+            .map(|(n, q)| (format!("variable ${n}"), q)),
+    );
+    // Only kube-state-metrics' series are missing here.
+    let may_be_empty = |e: &str| e.contains("kube_daemonset_");
+    let mut empty = vec![];
+    let answered = wait_for(SECONDS, || {
+        empty.clear();
+        for (who, e) in &queries {
+            let r = prom.query(&expand(&dash, e, "1m"));
+            if r.is_empty() && !may_be_empty(e) {
+                empty.push(format!("{who}: {e}"));
+            }
+        }
+        empty.is_empty()
+    });
+    assert!(answered, "queries without data:\n  {}", empty.join("\n  "));
+    let nodes = prom.query("redis_node_tuner_build_info");
+    assert!(
+        nodes.iter().all(|s| s["metric"]["node"] == node),
+        "{nodes:?}"
+    );
+    let matrix_expr = panels(&dash)
+        .into_iter()
+        .find(|p| {
+            arr(&p["transformations"])
+                .iter()
+                .any(|t| t["id"] == "groupingToMatrix")
+        })
+        .and_then(|p| p["targets"][0]["expr"].as_str())
+        .expect("matrix panel query")
+        .to_string();
+    let matrix = prom.query(&expand(&dash, &matrix_expr, "1m"));
+    assert!(
+        matrix
+            .iter()
+            .any(|s| s["metric"]["setting"] == "net.core.somaxconn"
+                && s["metric"]["node"] == node
+                && s["value"][1] == "0"),
+        "{matrix:#?}"
+    );
+    drop(d);
+}
