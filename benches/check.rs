@@ -70,7 +70,11 @@ fn knob_files(proc_root: &Path, sys_root: &Path) -> Vec<PathBuf> {
             rd.filter_map(|e| e.ok())
                 .filter_map(|e| {
                     let name = e.file_name().into_string().ok()?;
-                    let kb: u64 = name.strip_prefix("hugepages-")?.strip_suffix("kB")?.parse().ok()?;
+                    let kb: u64 = name
+                        .strip_prefix("hugepages-")?
+                        .strip_suffix("kB")?
+                        .parse()
+                        .ok()?;
                     let f = e.path().join("enabled");
                     f.is_file().then_some((kb, f))
                 })
@@ -125,7 +129,10 @@ fn open_read_close(files: &[PathBuf]) -> usize {
 
 #[inline(never)]
 fn std_fs_read(files: &[PathBuf]) -> usize {
-    files.iter().map(|f| std::fs::read(f).expect("read").len()).sum()
+    files
+        .iter()
+        .map(|f| std::fs::read(f).expect("read").len())
+        .sum()
 }
 
 #[inline(never)]
@@ -149,7 +156,9 @@ fn bench_observe(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("observe");
     g.bench_function("agent_observe", |b| b.iter(|| black_box(agent.observe())));
-    g.bench_function("open_read_close", |b| b.iter(|| black_box(open_read_close(&files))));
+    g.bench_function("open_read_close", |b| {
+        b.iter(|| black_box(open_read_close(&files)))
+    });
     g.bench_function("std_fs_read", |b| b.iter(|| black_box(std_fs_read(&files))));
     g.bench_function("pread_kept_fds", |b| b.iter(|| black_box(pread_kept(&fds))));
     g.bench_function("agent_new_observe", |b| {
@@ -195,12 +204,18 @@ fn interleaved(rounds: u64) {
         // Alternate the order too, so neither side always runs first.
         if i % 2 == 0 {
             a.push(batch(n, || drop(black_box(agent.observe()))));
-            f.push(batch(n, || drop(black_box(open_read_close(&files)))));
+            f.push(batch(n, || {
+                black_box(open_read_close(&files));
+            }));
         } else {
-            f.push(batch(n, || drop(black_box(open_read_close(&files)))));
+            f.push(batch(n, || {
+                black_box(open_read_close(&files));
+            }));
             a.push(batch(n, || drop(black_box(agent.observe()))));
         }
-        p.push(batch(n, || drop(black_box(pread_kept(&fds)))));
+        p.push(batch(n, || {
+            black_box(pread_kept(&fds));
+        }));
         if Instant::now() > deadline {
             break;
         }
@@ -238,8 +253,14 @@ criterion_group! {
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
-    // `cargo bench` passes --bench; `cargo test --benches` does not (criterion's test mode).
-    let benching = std::env::args().any(|a| a == "--bench");
+    // As criterion decides: `cargo bench` passes --bench; `cargo test --benches` does not
+    // (test mode), nor do --test, --list or --profile-time measure.
+    let args: Vec<String> = std::env::args().collect();
+    let has = |flag: &str| {
+        args.iter()
+            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    };
+    let benching = has("--bench") && !has("--test") && !has("--list") && !has("--profile-time");
     let rounds = env_u64("BENCH_INTERLEAVE_ROUNDS", 41);
     if benching && rounds > 0 {
         interleaved(rounds);

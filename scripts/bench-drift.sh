@@ -169,6 +169,13 @@ for name, *_ in KNOBS:
     ks = sorted(s[3] for s in samples if s[1] == name)
     if ks:
         print(f"  {name:30} n={len(ks):3}  p50 {ms(ks[(len(ks) - 1) // 2])} ms  max {ms(ks[-1])} ms")
+# (offset + latency) mod interval: where in the tick period the fix landed, measured from the
+# previous fix; near 0 (plus the ~1 ms poll) means the agent corrected on the very next tick.
+# The first drift is not anchored to a previous fix, so it is left out.
+res = [((s[2] + s[3]) % interval) for s in samples if s[0] > 0] or [0.0]
+res = sorted(r - interval if r > interval / 2 else r for r in res)
+print(f"  next-tick check: (offset + latency) mod interval p50 {ms(res[(len(res) - 1) // 2])} ms, "
+      f"range {ms(res[0])} .. {ms(res[-1])} ms (near 0: fixed on the first tick after injection)")
 print(f"  daemon counted {after['corrections'] - before['corrections']:.0f} successful corrections and "
       f"{after['drift'] - before['drift']:.0f} drifts during the run")
 print(f"BENCH_DRIFT interval_s={interval} drifts={n} samples={len(samples)} lost={len(lost)} "

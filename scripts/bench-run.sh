@@ -82,9 +82,9 @@ rss_max=0
 for ((i = 1; i <= DURATION; i++)); do
     sleep 1
     kill -0 "$DAEMON_PID" 2>/dev/null || { cat "$DAEMON_LOG" >&2; die "daemon exited during the measurement"; }
+    if ((SCRAPE_EVERY > 0 && i % SCRAPE_EVERY == 0)); then metrics >/dev/null; fi
     r=$(status_kib VmRSS)
     ((r > rss_max)) && rss_max=$r
-    if ((SCRAPE_EVERY > 0 && i % SCRAPE_EVERY == 0)); then metrics >/dev/null; fi
 done
 t1=$(date +%s%N)
 c1=$(cpu_ticks)
