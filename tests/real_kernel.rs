@@ -3,107 +3,16 @@
 //! root, `ip` (iproute2) and `redis-server`. The tests of this file run one at a time.
 
 mod common;
+use common::host::{HostGuard, OVERCOMMIT_PATH, THP, read, selected, write};
 use common::*;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use redis_node_tuner::kernel::HostFs;
 use redis_node_tuner::profile::Profile;
-
-const THP: &str = "/sys/kernel/mm/transparent_hugepage";
-const OVERCOMMIT_PATH: &str = "/proc/sys/vm/overcommit_memory";
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Holds the host's global knobs and puts them back on drop (panic included).
-struct HostGuard {
-    saved: Vec<(PathBuf, String)>,
-    _serial: MutexGuard<'static, ()>,
-}
-
-fn selected(raw: &str) -> String {
-    raw.split_whitespace()
-        .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
-        .unwrap_or(raw.trim())
-        .to_string()
-}
-
-fn read(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
-}
-
-fn write(p: &Path, v: &str) {
-    std::fs::write(p, v).unwrap_or_else(|e| panic!("write {v:?} to {}: {e}", p.display()));
-}
-
-fn thp_files() -> Vec<PathBuf> {
-    let mut files = vec![
-        PathBuf::from(THP).join("enabled"),
-        PathBuf::from(THP).join("defrag"),
-    ];
-    if let Ok(rd) = std::fs::read_dir(THP) {
-        let mut sizes: Vec<PathBuf> = rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().join("enabled"))
-            .filter(|p| {
-                p.parent()
-                    .is_some_and(|d| d.to_string_lossy().contains("hugepages-"))
-                    && p.is_file()
-            })
-            .collect();
-        sizes.sort();
-        files.extend(sizes);
-    }
-    files
-}
-
-impl HostGuard {
-    fn take() -> HostGuard {
-        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        assert!(is_root(), "the real-kernel tests need root");
-        let mut saved = vec![];
-        for p in [
-            PathBuf::from(OVERCOMMIT_PATH),
-            PathBuf::from("/proc/sys/net/core/somaxconn"),
-        ] {
-            saved.push((p.clone(), read(&p).trim().to_string()));
-        }
-        for p in thp_files().into_iter().filter(|p| p.exists()) {
-            saved.push((p.clone(), selected(&read(&p))));
-        }
-        HostGuard {
-            saved,
-            _serial: serial,
-        }
-    }
-
-    fn get(&self, p: &str) -> Option<&str> {
-        self.saved
-            .iter()
-            .find(|(q, _)| q == Path::new(p))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-impl Drop for HostGuard {
-    fn drop(&mut self) {
-        for (p, v) in &self.saved {
-            if let Err(e) = std::fs::write(p, v) {
-                eprintln!("could not restore {} to {v}: {e}", p.display());
-            }
-        }
-    }
-}
-
-fn is_root() -> bool {
-    read(Path::new("/proc/self/status"))
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-}
 
 /// A network namespace made by the test, deleted on drop.
 struct NetNs {
