@@ -444,6 +444,12 @@ struct Gate {
 }
 
 fn event_for(e: &Event) -> KEvent {
+    let knob = match e {
+        Event::DriftDetected { knob, .. }
+        | Event::Corrected { knob, .. }
+        | Event::CorrectionFailed { knob, .. }
+        | Event::ReadFailed { knob, .. } => knob,
+    };
     let (type_, reason, note) = match e {
         Event::DriftDetected {
             knob,
@@ -470,7 +476,8 @@ fn event_for(e: &Event) -> KEvent {
         type_,
         reason: reason.into(),
         note: Some(note),
-        action: "Reconcile".into(),
+        // Repeats aggregate per reason and knob (the recorder's key includes the action).
+        action: format!("Tune {knob}").chars().take(128).collect(),
         secondary: None,
     }
 }

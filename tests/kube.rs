@@ -231,6 +231,16 @@ fn other_components_labels_and_taints_survive_every_write() {
     break_knob(&t, OVERCOMMIT, "0\n");
     assert!(wait_for(SECONDS, || is_unready_marked(&api.node("db-2"))));
     let n = api.node("db-2");
+    // Repeated events aggregate into one series per reason and knob instead of flooding.
+    let drift: Vec<Value> = events_for(&api, "db-2")
+        .into_iter()
+        .filter(|e| e["reason"] == "DriftDetected" && e["action"] == "Tune vm.overcommit_memory")
+        .collect();
+    assert_eq!(drift.len(), 1, "{drift:#?}");
+    assert!(
+        drift[0]["series"]["count"].as_i64().unwrap_or(0) >= 2,
+        "{drift:#?}"
+    );
     let keys = taint_keys(&n);
     for i in 0..10 {
         assert!(

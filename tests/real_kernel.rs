@@ -362,3 +362,41 @@ fn check_system(ns: &NetNs) -> (Option<i32>, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
+
+#[test]
+fn a_read_only_proc_sys_is_a_clear_erofs_error_and_nothing_else_is_touched() {
+    let _g = HostGuard::take();
+    write(Path::new(OVERCOMMIT_PATH), "0");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cfg = tmp.path().join("overcommit-only.yaml");
+    write(
+        &cfg,
+        "mode: off\nsysctls:\n  vm.overcommit_memory: {mode: enforce}\n",
+    );
+    // A private mount namespace whose /proc/sys is a read-only bind mount.
+    let out = Out::of(
+        Command::new("unshare")
+            .args([
+                "-m",
+                "sh",
+                "-c",
+                "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec \"$0\" \"$@\"",
+                BIN,
+                "--state-dir",
+            ])
+            .arg(tmp.path().join("state"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("apply")
+            .output()
+            .expect("unshare"),
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains(
+            "vm.overcommit_memory: /proc/sys/vm/overcommit_memory is on a read-only file system"
+        ),
+        "{out:?}"
+    );
+    assert_eq!(read(Path::new(OVERCOMMIT_PATH)).trim(), "0");
+}
