@@ -8,8 +8,14 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
-command -v promtool >/dev/null || need+=(prometheus)
+command -v promtool >/dev/null || need+=(prometheus)           # promtool and the prometheus server
 command -v ip >/dev/null || need+=(iproute2)
+command -v podman >/dev/null || need+=(podman buildah)
+command -v runc >/dev/null || need+=(runc)                     # crun fails on these machines
+command -v musl-gcc >/dev/null || need+=(musl-tools)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v man >/dev/null || need+=(man-db)
+command -v unshare >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing ${need[*]}: run as root, or install them first" >&2
@@ -21,6 +27,11 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # Debian's package may start a Redis on 6379; the tests start their own in namespaces.
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# The container image and the .deb package the static musl binary.
+rustup target list --installed | grep -qx x86_64-unknown-linux-musl ||
+  rustup target add x86_64-unknown-linux-musl
+cargo deb --version 2>/dev/null | grep -qx 'cargo-deb 3.8.0' ||
+  cargo install cargo-deb --version 3.8.0 --locked
 
 # The real kube-apiserver the Kubernetes tests start (Go, built once and cached; the first
 # build takes about 8 minutes on 2 cores).
