@@ -799,19 +799,6 @@ fn admission_policy_confines_the_agent_to_its_own_nodes_label_taint_and_conditio
 // ---------------------------------------------------------------------------------------------
 // The agent, run the way its DaemonSet pod runs it.
 
-/// A knob file the agent cannot write (a directory takes its place; the wrong value aside).
-fn break_knob(t: &Tree, rel: &str, wrong: &str) {
-    let aside = format!("{rel}.aside");
-    std::fs::rename(t.path(rel), t.path(&aside)).expect("rename");
-    std::fs::create_dir_all(t.path(rel)).expect("mkdir");
-    t.put(&aside, wrong);
-}
-
-fn fix_knob(t: &Tree, rel: &str, value: &str) {
-    std::fs::remove_dir(t.path(rel)).expect("rmdir");
-    t.put(rel, value);
-}
-
 /// The DaemonSet's container environment (and, with `listen`, its command line), with the
 /// container's paths mapped onto the fake tree and the downward API resolved for `pod` on
 /// `node`.
@@ -957,7 +944,7 @@ fn agent_run_as_its_daemonset_pod_tunes_the_node_under_the_admission_policy() {
         cm["data"]["config.yaml"].as_str().expect("config.yaml"),
     )
     .expect("write config");
-    break_knob(&t, SOMAXCONN, "128\n");
+    t.break_knob(SOMAXCONN, "128\n");
 
     let container = &template["spec"]["containers"][0];
     let addr = format!("127.0.0.1:{}", free_port());
@@ -993,7 +980,7 @@ fn agent_run_as_its_daemonset_pod_tunes_the_node_under_the_admission_policy() {
 
     // In tune: labelled, untainted, condition True; somaxconn in the host namespace proven by
     // the Pod's hostNetwork through the Role `pods get`.
-    fix_knob(&t, SOMAXCONN, "128\n");
+    t.fix_knob(SOMAXCONN, "128\n");
     let ready = |n: &Value| {
         label(n, LABEL).as_deref() == Some("true")
             && !taint_keys(n).contains(&TAINT.to_string())

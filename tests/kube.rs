@@ -18,21 +18,6 @@ fn startup_taint() -> Value {
     json!([{"key": TAINT, "effect": "NoSchedule"}])
 }
 
-/// Makes a knob drift and unwritable: its file (which the agent keeps open) is moved aside and
-/// given a wrong value, and a directory takes its place, so every correction fails.
-fn break_knob(t: &Tree, rel: &str, wrong: &str) {
-    let aside = format!("{rel}.aside");
-    std::fs::rename(t.path(rel), t.path(&aside)).expect("rename");
-    std::fs::create_dir_all(t.path(rel)).expect("mkdir");
-    t.put(&aside, wrong);
-}
-
-/// A writable file again, holding `value`.
-fn fix_knob(t: &Tree, rel: &str, value: &str) {
-    std::fs::remove_dir(t.path(rel)).expect("rmdir");
-    t.put(rel, value);
-}
-
 fn agent(t: &Tree, kubeconfig: &std::path::Path, node: &str, extra: &[&str]) -> Daemon {
     let kc = kubeconfig.to_string_lossy().into_owned();
     let mut args = vec![
@@ -83,7 +68,7 @@ fn untuned_node_is_tainted_until_tuned_then_labelled_and_condition_true() {
     api.create_node("db-1", json!({"pool": "redis"}), startup_taint());
     let kc = api.agent_kubeconfig("db-1", false);
     let t = Tree::untuned();
-    break_knob(&t, SOMAXCONN, "128\n");
+    t.break_knob(SOMAXCONN, "128\n");
     let d = agent(&t, &kc, "db-1", &[]);
 
     // Not ready: taint kept, no label, condition False with reason and the failing knob.
@@ -110,7 +95,7 @@ fn untuned_node_is_tainted_until_tuned_then_labelled_and_condition_true() {
     );
 
     // The knob becomes writable: the agent tunes it, and the node is marked ready.
-    fix_knob(&t, SOMAXCONN, "128\n");
+    t.fix_knob(SOMAXCONN, "128\n");
     assert!(
         wait_for(SECONDS, || is_ready_marked(&api.node("db-1"))),
         "{:#}",
@@ -215,12 +200,12 @@ fn other_components_labels_and_taints_survive_every_write() {
         }
     });
     for round in 0..3 {
-        break_knob(&t, OVERCOMMIT, "0\n");
+        t.break_knob(OVERCOMMIT, "0\n");
         assert!(
             wait_for(SECONDS, || is_unready_marked(&api.node("db-2"))),
             "round {round}"
         );
-        fix_knob(&t, OVERCOMMIT, "0\n");
+        t.fix_knob(OVERCOMMIT, "0\n");
         assert!(
             wait_for(SECONDS, || is_ready_marked(&api.node("db-2"))),
             "round {round}"
@@ -228,7 +213,7 @@ fn other_components_labels_and_taints_survive_every_write() {
     }
     writer.join().expect("writer thread");
     api.ok(&["label", "node", "db-2", "added-later=yes"]);
-    break_knob(&t, OVERCOMMIT, "0\n");
+    t.break_knob(OVERCOMMIT, "0\n");
     assert!(wait_for(SECONDS, || is_unready_marked(&api.node("db-2"))));
     let n = api.node("db-2");
     // Repeated events aggregate into one series per reason and knob instead of flooding.
@@ -321,7 +306,7 @@ fn api_outage_never_stops_kernel_enforcement_and_marks_catch_up() {
         "not corrected during the outage"
     );
     // And the node's truth changes while the API is down.
-    break_knob(&t, THP_DEFRAG, "[always] defer never\n");
+    t.break_knob(THP_DEFRAG, "[always] defer never\n");
     assert!(wait_for(SECONDS, || http_get(&d.addr, "/readyz")
         .is_ok_and(|(c, _)| c == 503)));
     std::thread::sleep(Duration::from_secs(2));
@@ -341,7 +326,7 @@ fn api_outage_never_stops_kernel_enforcement_and_marks_catch_up() {
         "API errors not counted: {m}"
     );
 
-    fix_knob(&t, THP_DEFRAG, "madvise\n");
+    t.fix_knob(THP_DEFRAG, "madvise\n");
     assert!(wait_for(Duration::from_secs(10), || is_ready_marked(
         &api.node("db-4")
     )));
@@ -421,7 +406,7 @@ fn cleanup_leaves_no_trace_of_the_agent() {
     );
     let kc = api.agent_kubeconfig("db-8", false);
     let t = Tree::untuned();
-    break_knob(&t, OVERCOMMIT, "0\n");
+    t.break_knob(OVERCOMMIT, "0\n");
     let d = agent(&t, &kc, "db-8", &[]);
     assert!(wait_for(SECONDS, || is_unready_marked(&api.node("db-8"))));
     let _ = d.sigterm();

@@ -7,7 +7,6 @@ use common::apiserver::ApiServer;
 use common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -448,34 +447,6 @@ fn metric_names_are_found_and_normalised() {
 // ---------------------------------------------------------------------------------------------
 // Live: the agent in Kubernetes mode, a real Prometheus scraping it and evaluating the rules.
 
-/// Makes a knob drift and unwritable (as in tests/kube.rs): its file, which the agent keeps
-/// open, is moved aside with a wrong value and a directory takes its place.
-fn break_knob(t: &Tree, rel: &str, wrong: &str) {
-    let aside = format!("{rel}.aside");
-    std::fs::rename(t.path(rel), t.path(&aside)).expect("rename");
-    std::fs::create_dir_all(t.path(rel)).expect("mkdir");
-    t.put(&aside, wrong);
-}
-
-/// HTTP/1.0 GET (never chunked): (status, body).
-fn get10(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -530,7 +501,7 @@ impl Prometheus {
             .expect("spawn prometheus");
         let p = Prometheus { child, addr, dir };
         assert!(
-            wait_for(SECONDS, || get10(&p.addr, "/-/ready")
+            wait_for(SECONDS, || http_get(&p.addr, "/-/ready")
                 .is_ok_and(|(c, _)| c == 200)),
             "prometheus not ready: {}",
             p.logs()
@@ -543,7 +514,7 @@ impl Prometheus {
     }
 
     fn api(&self, path: &str) -> Value {
-        let (code, body) = get10(&self.addr, path).expect("prometheus API");
+        let (code, body) = http_get(&self.addr, path).expect("prometheus API");
         let v: Value =
             serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {code} {body}"));
         assert_eq!(v["status"], "success", "{path}: {v}");
@@ -647,7 +618,7 @@ fn live_agent_exposes_every_metric_used_and_prometheus_evaluates_rules_and_panel
     );
 
     // Trouble: somaxconn drifts and cannot be corrected; the Kubernetes API goes away.
-    break_knob(&t, SOMAXCONN, "128\n");
+    t.break_knob(SOMAXCONN, "128\n");
     assert!(
         wait_for(SECONDS, || d
             .metrics()

@@ -49,6 +49,21 @@ impl Tree {
         std::fs::write(p, content).expect("write");
     }
 
+    /// Makes a knob drift and unwritable: its file (which the agent keeps open) is moved aside
+    /// with a wrong value, and a directory takes its place, so every correction fails.
+    pub fn break_knob(&self, rel: &str, wrong: &str) {
+        let aside = format!("{rel}.aside");
+        std::fs::rename(self.path(rel), self.path(&aside)).expect("rename");
+        std::fs::create_dir_all(self.path(rel)).expect("mkdir");
+        self.put(&aside, wrong);
+    }
+
+    /// A writable file again, holding `value`.
+    pub fn fix_knob(&self, rel: &str, value: &str) {
+        std::fs::remove_dir(self.path(rel)).expect("rmdir");
+        self.put(rel, value);
+    }
+
     pub fn get(&self, rel: &str) -> String {
         std::fs::read_to_string(self.path(rel)).expect("read")
     }
@@ -124,15 +139,12 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// A minimal HTTP/1.1 GET on loopback: (status, body).
+/// A minimal HTTP/1.0 GET on loopback (never a chunked answer): (status, body).
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
     let status = buf
