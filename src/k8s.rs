@@ -203,13 +203,6 @@ pub fn label_matches(node: &Node, want: bool) -> bool {
     }
 }
 
-pub fn has_taint(node: &Node, effect: &str) -> bool {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|t| t.iter().any(|t| t.key == TAINT_KEY && t.effect == effect))
-}
-
 /// The node's taint list with ours added or removed; `None` when nothing changes. Every other
 /// taint is kept as it is.
 pub fn taints_with(current: &[Taint], ours: Option<&str>) -> Option<Vec<Taint>> {
@@ -510,13 +503,20 @@ impl Gate {
         if !label_matches(&node, want.label) {
             self.node = Some(self.api.set_label(want.label).await?);
         }
-        if let Some(effect) = self.opts.taint_effect.clone() {
-            let node = self.node.clone();
-            let present = node.as_ref().is_some_and(|n| has_taint(n, &effect));
-            if present != want.taint {
-                let ours = want.taint.then_some(effect.as_str());
-                self.node = Some(self.api.set_taint(node.as_ref(), ours).await?);
-            }
+        // With the taint turned off (`none`) it is never added, and removed if present.
+        let ours = if want.taint {
+            self.opts.taint_effect.clone()
+        } else {
+            None
+        };
+        let node = self.node.clone();
+        let current = node
+            .as_ref()
+            .and_then(|n| n.spec.as_ref())
+            .and_then(|s| s.taints.as_deref())
+            .unwrap_or_default();
+        if taints_with(current, ours.as_deref()).is_some() {
+            self.node = Some(self.api.set_taint(node.as_ref(), ours.as_deref()).await?);
         }
         let existing = self.node.as_ref().and_then(our_condition);
         if let Some(c) = condition_update(

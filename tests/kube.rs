@@ -467,3 +467,24 @@ fn host_network_pod_proves_the_network_namespace() {
         d.logs()
     );
 }
+
+#[test]
+fn taint_effect_none_removes_a_registered_taint_and_never_adds_one() {
+    let api = ApiServer::start();
+    api.create_node(
+        "db-10",
+        json!({}),
+        json!([{"key": TAINT, "effect": "NoExecute"}]),
+    );
+    let kc = api.agent_kubeconfig("db-10", false);
+    let t = Tree::untuned();
+    let _d = agent(&t, &kc, "db-10", &["--taint-effect", "none"]);
+    assert!(wait_for(SECONDS, || is_ready_marked(&api.node("db-10"))));
+    t.break_knob(OVERCOMMIT, "0\n");
+    assert!(wait_for(SECONDS, || {
+        let n = api.node("db-10");
+        label(&n, LABEL).is_none() && condition(&n, COND).is_some_and(|c| c["status"] == "False")
+    }));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!taint_keys(&api.node("db-10")).contains(&TAINT.to_string()));
+}
