@@ -15,16 +15,15 @@ HEARTBEAT=${HEARTBEAT:-60s}
 WARMUP=${WARMUP:-20}
 
 cargo build --release --quiet
-BIN=$PWD/target/release/redis-node-tuner
 APISERVER=$(bash tests/apiserver/build.sh | tail -n1)
 W=$(mktemp -d)
-cleanup() {
+stop_all() {
   [ -n "${AGENT:-}" ] && kill "$AGENT" 2>/dev/null || true
   [ -n "${API:-}" ] && kill "$API" 2>/dev/null || true
   wait 2>/dev/null || true
-  rm -rf "$W"
+  rm -rf "$W" "${BENCH_TMP:-}"
 }
-trap cleanup EXIT
+trap stop_all EXIT
 
 "$APISERVER" -dir "$W/api" >"$W/api.out" 2>"$W/api.log" &
 API=$!
@@ -40,15 +39,10 @@ k create -f - >/dev/null <<EOF
  "spec":{"taints":[{"key":"redis-node-tuner.io/not-ready","effect":"NoSchedule"}]}}
 EOF
 
-# An untuned fake host.
-T="$W/tree"
-mkdir -p "$T/proc/sys/vm" "$T/proc/sys/net/core" "$T/proc/1/ns" "$T/sys/kernel/mm/transparent_hugepage/hugepages-2048kB"
-printf '0\n' >"$T/proc/sys/vm/overcommit_memory"
-printf '128\n' >"$T/proc/sys/net/core/somaxconn"
-printf '[always] madvise never\n' >"$T/sys/kernel/mm/transparent_hugepage/enabled"
-printf 'always defer defer+madvise [madvise] never\n' >"$T/sys/kernel/mm/transparent_hugepage/defrag"
-printf '[always] inherit madvise never\n' >"$T/sys/kernel/mm/transparent_hugepage/hugepages-2048kB/enabled"
-ln -s /proc/self/ns/net "$T/proc/1/ns/net"
+# An untuned fake host (scripts/bench-lib.sh).
+source scripts/bench-lib.sh
+make_fake_tree
+T=$BENCH_TMP
 
 requests() {
   curl -s --cacert "$W/api/ca.crt" -H "Authorization: Bearer $TOKEN" "$URL/metrics" |
@@ -65,7 +59,7 @@ for k2, v in sorted(tot.items()): print(f"{k2}\t{int(v)}")
 '
 }
 
-"$BIN" --proc-root "$T/proc" --sys-root "$T/sys" --state-dir "$W/state" \
+"$BIN" --proc-root "$FAKE_PROC" --sys-root "$FAKE_SYS" --state-dir "$STATE_DIR" \
   run --kubeconfig "$KC" --node-name bench-1 --heartbeat "$HEARTBEAT" --listen "" \
   --log-format json 2>"$W/agent.log" &
 AGENT=$!

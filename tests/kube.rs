@@ -18,22 +18,6 @@ fn startup_taint() -> Value {
     json!([{"key": TAINT, "effect": "NoSchedule"}])
 }
 
-fn agent(t: &Tree, kubeconfig: &std::path::Path, node: &str, extra: &[&str]) -> Daemon {
-    let kc = kubeconfig.to_string_lossy().into_owned();
-    let mut args = vec![
-        "--kubeconfig",
-        &kc,
-        "--node-name",
-        node,
-        "--interval",
-        "200ms",
-        "--heartbeat",
-        "1h",
-    ];
-    args.extend_from_slice(extra);
-    Daemon::start(t, &args)
-}
-
 fn is_ready_marked(n: &Value) -> bool {
     label(n, LABEL).as_deref() == Some("true")
         && !taint_keys(n).contains(&TAINT.to_string())
@@ -69,7 +53,7 @@ fn untuned_node_is_tainted_until_tuned_then_labelled_and_condition_true() {
     let kc = api.agent_kubeconfig("db-1", false);
     let t = Tree::untuned();
     t.break_knob(SOMAXCONN, "128\n");
-    let d = agent(&t, &kc, "db-1", &[]);
+    let d = Daemon::start_kube(&t, &kc, "db-1", &[]);
 
     // Not ready: taint kept, no label, condition False with reason and the failing knob.
     assert!(
@@ -179,7 +163,7 @@ fn other_components_labels_and_taints_survive_every_write() {
     );
     let kc = api.agent_kubeconfig("db-2", false);
     let t = Tree::untuned();
-    let _d = agent(&t, &kc, "db-2", &[]);
+    let _d = Daemon::start_kube(&t, &kc, "db-2", &[]);
     assert!(wait_for(SECONDS, || is_ready_marked(&api.node("db-2"))));
 
     // While another controller adds its own taints and labels, the node flips readiness
@@ -244,7 +228,7 @@ fn marks_removed_or_altered_by_hand_are_put_back() {
     api.create_node("db-3", json!({}), startup_taint());
     let kc = api.agent_kubeconfig("db-3", false);
     let t = Tree::untuned();
-    let _d = agent(&t, &kc, "db-3", &[]);
+    let _d = Daemon::start_kube(&t, &kc, "db-3", &[]);
     assert!(wait_for(SECONDS, || is_ready_marked(&api.node("db-3"))));
 
     api.ok(&["label", "node", "db-3", &format!("{LABEL}-")]);
@@ -295,7 +279,7 @@ fn api_outage_never_stops_kernel_enforcement_and_marks_catch_up() {
     api.create_node("db-4", json!({}), startup_taint());
     let kc = api.agent_kubeconfig("db-4", false);
     let t = Tree::untuned();
-    let d = agent(&t, &kc, "db-4", &[]);
+    let d = Daemon::start_kube(&t, &kc, "db-4", &[]);
     assert!(wait_for(SECONDS, || is_ready_marked(&api.node("db-4"))));
 
     api.stop();
@@ -340,7 +324,7 @@ fn agent_for_one_node_never_writes_another_and_its_token_is_least_privilege() {
     let before = api.node("db-6");
     let kc = api.agent_kubeconfig("db-5", false);
     let t = Tree::untuned();
-    let _d = agent(&t, &kc, "db-5", &[]);
+    let _d = Daemon::start_kube(&t, &kc, "db-5", &[]);
     assert!(wait_for(SECONDS, || is_ready_marked(&api.node("db-5"))));
     std::thread::sleep(Duration::from_secs(2));
     let after = api.node("db-6");
@@ -375,7 +359,7 @@ fn sigterm_sets_condition_unknown_and_leaves_label_and_kernel_values() {
     api.create_node("db-7", json!({}), startup_taint());
     let kc = api.agent_kubeconfig("db-7", false);
     let t = Tree::untuned();
-    let d = agent(&t, &kc, "db-7", &[]);
+    let d = Daemon::start_kube(&t, &kc, "db-7", &[]);
     assert!(wait_for(SECONDS, || is_ready_marked(&api.node("db-7"))));
     let (code, logs) = d.sigterm();
     assert_eq!(code, 0, "{logs}");
@@ -407,7 +391,7 @@ fn cleanup_leaves_no_trace_of_the_agent() {
     let kc = api.agent_kubeconfig("db-8", false);
     let t = Tree::untuned();
     t.break_knob(OVERCOMMIT, "0\n");
-    let d = agent(&t, &kc, "db-8", &[]);
+    let d = Daemon::start_kube(&t, &kc, "db-8", &[]);
     assert!(wait_for(SECONDS, || is_unready_marked(&api.node("db-8"))));
     let _ = d.sigterm();
     let out = Out::of(
@@ -444,7 +428,7 @@ fn host_network_pod_proves_the_network_namespace() {
     let t = Tree::untuned();
     // No PID 1 under the proc root: the namespace cannot be compared, only proven.
     std::fs::remove_file(t.path("proc/1/ns/net")).expect("rm");
-    let d = agent(
+    let d = Daemon::start_kube(
         &t,
         &kc,
         "db-9",
@@ -478,7 +462,7 @@ fn taint_effect_none_removes_a_registered_taint_and_never_adds_one() {
     );
     let kc = api.agent_kubeconfig("db-10", false);
     let t = Tree::untuned();
-    let _d = agent(&t, &kc, "db-10", &["--taint-effect", "none"]);
+    let _d = Daemon::start_kube(&t, &kc, "db-10", &["--taint-effect", "none"]);
     assert!(wait_for(SECONDS, || is_ready_marked(&api.node("db-10"))));
     t.break_knob(OVERCOMMIT, "0\n");
     assert!(wait_for(SECONDS, || {

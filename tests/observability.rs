@@ -554,21 +554,8 @@ fn live_agent_exposes_every_metric_used_and_prometheus_evaluates_rules_and_panel
     let mut api = ApiServer::start();
     api.create_node(node, json!({"pool": "redis"}), json!([]));
     let kc = api.agent_kubeconfig(node, false);
-    let kc = kc.to_string_lossy().into_owned();
     let t = Tree::untuned();
-    let d = Daemon::start(
-        &t,
-        &[
-            "--kubeconfig",
-            &kc,
-            "--node-name",
-            node,
-            "--interval",
-            "200ms",
-            "--heartbeat",
-            "1h",
-        ],
-    );
+    let d = Daemon::start_kube(&t, &kc, node, &[]);
     assert!(
         wait_for(SECONDS, || {
             let m = d.metrics();

@@ -207,6 +207,23 @@ impl Daemon {
         d
     }
 
+    /// `run` in Kubernetes mode for `node` (interval 200 ms, heartbeat 1 h).
+    pub fn start_kube(t: &Tree, kubeconfig: &Path, node: &str, extra: &[&str]) -> Daemon {
+        let kc = kubeconfig.to_string_lossy().into_owned();
+        let mut args = vec![
+            "--kubeconfig",
+            &kc,
+            "--node-name",
+            node,
+            "--interval",
+            "200ms",
+            "--heartbeat",
+            "1h",
+        ];
+        args.extend_from_slice(extra);
+        Daemon::start(t, &args)
+    }
+
     pub fn metrics(&self) -> String {
         http_get(&self.addr, "/metrics").expect("GET /metrics").1
     }
