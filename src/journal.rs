@@ -92,10 +92,6 @@ impl Journal {
         &self.originals
     }
 
-    pub fn contains(&self, knob: &str) -> bool {
-        self.originals.contains_key(knob)
-    }
-
     /// Records `value` as the original of `knob` unless one is recorded already, and makes it
     /// durable before returning. Returns whether it was added.
     pub fn record(
