@@ -146,13 +146,42 @@ fn pread_kept(fds: &[File]) -> usize {
     total
 }
 
-fn bench_observe(c: &mut Criterion) {
+/// The agent and the floors over the same files, checked to read the same thing.
+struct Fixture {
+    proc_root: PathBuf,
+    sys_root: PathBuf,
+    profile: Profile,
+    files: Vec<PathBuf>,
+    agent: Agent,
+    fds: Vec<File>,
+}
+
+fn fixture() -> Fixture {
     let (proc_root, sys_root) = roots();
     let profile = Profile::default();
     let files = knob_files(&proc_root, &sys_root);
     let mut agent = new_agent(&proc_root, &sys_root, &profile);
     sanity(&mut agent, &files);
-    let fds: Vec<File> = files.iter().map(|f| File::open(f).expect("open")).collect();
+    let fds = files.iter().map(|f| File::open(f).expect("open")).collect();
+    Fixture {
+        proc_root,
+        sys_root,
+        profile,
+        files,
+        agent,
+        fds,
+    }
+}
+
+fn bench_observe(c: &mut Criterion) {
+    let Fixture {
+        proc_root,
+        sys_root,
+        profile,
+        files,
+        mut agent,
+        fds,
+    } = fixture();
 
     let mut g = c.benchmark_group("observe");
     g.bench_function("agent_observe", |b| b.iter(|| black_box(agent.observe())));
@@ -186,12 +215,12 @@ fn batch<F: FnMut()>(n: u32, mut f: F) -> f64 {
 
 /// Alternating batches of the agent and the floors; medians of the per-batch means.
 fn interleaved(rounds: u64) {
-    let (proc_root, sys_root) = roots();
-    let profile = Profile::default();
-    let files = knob_files(&proc_root, &sys_root);
-    let mut agent = new_agent(&proc_root, &sys_root, &profile);
-    sanity(&mut agent, &files);
-    let fds: Vec<File> = files.iter().map(|f| File::open(f).expect("open")).collect();
+    let Fixture {
+        files,
+        mut agent,
+        fds,
+        ..
+    } = fixture();
 
     // Size a batch at ~20 ms of the floor.
     let probe = batch(200, || {

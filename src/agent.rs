@@ -156,19 +156,22 @@ impl Agent {
         self.report(settings)
     }
 
-    /// What `apply` would write: (knob, actual, value to write).
-    pub fn plan(&mut self) -> Vec<(String, String, String)> {
-        let mut out = vec![];
+    /// What `apply` would write, (knob, actual, value to write), with the report of the same
+    /// read; writes nothing.
+    pub fn plan(&mut self) -> (Report, Vec<(String, String, String)>) {
+        let mut changes = vec![];
+        let mut settings = Vec::with_capacity(self.targets.len());
         for t in &mut self.targets {
             let obs = self.fs.read(t);
             let state = reconcile::evaluate(&t.desired, &obs);
             if let (Action::Correct(v), Ok(Some(r))) =
                 (reconcile::decide(t.mode, &t.desired, &state), &obs)
             {
-                out.push((t.name.clone(), r.value.clone(), v));
+                changes.push((t.name.clone(), r.value.clone(), v));
             }
+            settings.push(knob_report(t, &obs, &state, None));
         }
-        out
+        (self.report(settings), changes)
     }
 
     /// One pass: observe, correct enforce-mode drift (journal first), report.

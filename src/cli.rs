@@ -324,7 +324,7 @@ pub fn run_cli(cli: Cli) -> Exit {
             };
             daemon(Agent::new(fs, &profile, journal), listen, kube)
         }
-        Command::Cleanup => Exit::Usage,
+        Command::Cleanup => cleanup(&cli),
     }
 }
 
@@ -436,11 +436,10 @@ fn check(mut agent: Agent, output: Output) -> Exit {
 }
 
 fn dry_run(mut agent: Agent) -> Exit {
-    let plan = agent.plan();
-    for (knob, from, to) in &plan {
+    let (report, changes) = agent.plan();
+    for (knob, from, to) in &changes {
         println!("would change {knob}: {from} -> {to}");
     }
-    let report = agent.observe();
     for k in report.failing().filter(|k| k.state == "error") {
         println!(
             "cannot change {}: {}",

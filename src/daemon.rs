@@ -52,7 +52,7 @@ pub async fn run(
     listener: Option<TcpListener>,
     mut hooks: Hooks,
 ) -> std::io::Result<()> {
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::new(hooks.reports.subscribe()));
     let server = listener.map(|l| tokio::spawn(http::serve(l, metrics.clone(), health.clone())));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -71,7 +71,6 @@ pub async fn run(
                 let start = Instant::now();
                 let (report, events) = agent.reconcile(start);
                 metrics.observe(&report, &events, start.elapsed());
-                health.update(&report);
                 if !notified {
                     // systemd Type=notify: started once the first apply pass completed.
                     crate::notify::notify(if report.ready {

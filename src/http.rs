@@ -1,7 +1,7 @@
 //! `/metrics`, `/healthz` and `/readyz` over HTTP/1.1 (hyper).
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -11,6 +11,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::agent::Report;
 use crate::metrics::Metrics;
@@ -18,46 +19,44 @@ use crate::metrics::Metrics;
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// What `/readyz` answers: empty until the first pass, then the failing knobs.
-#[derive(Debug, Default)]
+/// What `/readyz` answers, rendered on request from the latest published report.
+#[derive(Debug, Clone)]
 pub struct Health {
-    state: Mutex<Option<(bool, String)>>,
+    reports: watch::Receiver<Option<Arc<Report>>>,
 }
 
 impl Health {
-    pub fn update(&self, report: &Report) {
-        let detail = if report.ready {
-            "ready: every enforce-mode setting is in sync\n".to_string()
-        } else {
-            let mut s = String::from("not ready:\n");
-            for k in report.failing() {
-                s.push_str(&format!(
-                    "  {} desired {} actual {}{}\n",
-                    k.name,
-                    k.desired,
-                    k.actual.as_deref().unwrap_or("?"),
-                    k.error
-                        .as_deref()
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default()
-                ));
-            }
-            s
-        };
-        if let Ok(mut st) = self.state.lock() {
-            *st = Some((report.ready, detail));
-        }
+    pub fn new(reports: watch::Receiver<Option<Arc<Report>>>) -> Health {
+        Health { reports }
     }
 
     fn readyz(&self) -> (StatusCode, String) {
-        match self.state.lock().ok().and_then(|s| s.clone()) {
-            Some((true, d)) => (StatusCode::OK, d),
-            Some((false, d)) => (StatusCode::SERVICE_UNAVAILABLE, d),
-            None => (
+        let Some(report) = self.reports.borrow().clone() else {
+            return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: no check yet\n".into(),
-            ),
+            );
+        };
+        if report.ready {
+            return (
+                StatusCode::OK,
+                "ready: every enforce-mode setting is in sync\n".into(),
+            );
         }
+        let mut s = String::from("not ready:\n");
+        for k in report.failing() {
+            s.push_str(&format!(
+                "  {} desired {} actual {}{}\n",
+                k.name,
+                k.desired,
+                k.actual.as_deref().unwrap_or("?"),
+                k.error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ));
+        }
+        (StatusCode::SERVICE_UNAVAILABLE, s)
     }
 }
 

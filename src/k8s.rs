@@ -264,7 +264,8 @@ pub fn condition_update(
 // ---------------------------------------------------------------------------------------------
 // API calls, each counted in redis_node_tuner_kube_requests_total{verb,result}.
 
-struct Api2 {
+#[derive(Clone)]
+struct NodeApi {
     nodes: Api<Node>,
     name: String,
     metrics: Arc<Metrics>,
@@ -278,7 +279,7 @@ fn result_word<T>(r: &Result<T, kube::Error>) -> &'static str {
     }
 }
 
-impl Api2 {
+impl NodeApi {
     fn count<T>(&self, verb: &str, r: &Result<T, kube::Error>) {
         self.metrics
             .kube_requests
@@ -429,7 +430,7 @@ pub struct GateInputs {
 }
 
 struct Gate {
-    api: Api2,
+    api: NodeApi,
     opts: GateOptions,
     recorder: Recorder,
     node: Option<Node>,
@@ -571,7 +572,7 @@ impl Gate {
 
 /// Proves host networking from the agent's own Pod (`spec.hostNetwork: true`), retrying.
 async fn prove_host_network(
-    api: &Api2,
+    api: &NodeApi,
     client: Client,
     ns: &str,
     name: &str,
@@ -604,17 +605,13 @@ async fn prove_host_network(
 /// Runs the gate until `inputs.stop` turns true, then writes the condition Unknown /
 /// AgentStopped (label and taint stay: a rolling update must not flap scheduling).
 pub async fn run(client: Client, opts: GateOptions, metrics: Arc<Metrics>, mut inputs: GateInputs) {
-    let api = Api2 {
+    let api = NodeApi {
         nodes: Api::all(client.clone()),
         name: opts.node_name.clone(),
         metrics,
     };
     if let (Some((ns, name)), Some(tx)) = (opts.pod.clone(), inputs.netns_proof.take()) {
-        let proof_api = Api2 {
-            nodes: api.nodes.clone(),
-            name: api.name.clone(),
-            metrics: api.metrics.clone(),
-        };
+        let proof_api = api.clone();
         let c = client.clone();
         tokio::spawn(async move { prove_host_network(&proof_api, c, &ns, &name, tx).await });
     }
@@ -740,7 +737,7 @@ pub async fn cleanup(
     node_name: &str,
     metrics: Arc<Metrics>,
 ) -> Result<(), GateError> {
-    let api = Api2 {
+    let api = NodeApi {
         nodes: Api::all(client),
         name: node_name.into(),
         metrics,

@@ -255,7 +255,7 @@ impl Profile {
         }
     }
 
-    /// Names of the settings, for lookups.
+    /// The setting of this name.
     pub fn get(&self, name: &str) -> Option<&Setting> {
         self.settings.iter().find(|s| s.name == name)
     }

@@ -11,6 +11,7 @@
 mod common;
 use common::host::{HostGuard, is_root, selected};
 use common::require;
+use common::{repo, text};
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -29,19 +30,6 @@ static BUILT: OnceLock<()> = OnceLock::new();
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Podman as it works on these machines (crun fails on their cgroup layout).

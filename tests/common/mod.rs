@@ -92,6 +92,16 @@ impl Tree {
     }
 }
 
+/// The repository root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A finished command's exit code and output, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!("{:?}", Out::of(o.clone()))
+}
+
 /// A finished command's exit code and output.
 pub struct Out {
     pub code: i32,
