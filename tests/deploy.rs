@@ -133,10 +133,23 @@ fn assert_least_privilege(ds: &Value) {
         spec["securityContext"]["seccompProfile"]["type"],
         json!("RuntimeDefault")
     );
-    assert_eq!(
-        spec["securityContext"]["appArmorProfile"]["type"],
-        json!("RuntimeDefault")
+    // No AppArmor field: the kubelet rejects a pod that names one on a node without AppArmor,
+    // and on AppArmor nodes the runtime default applies to an unset field anyway.
+    assert!(
+        spec["securityContext"]["appArmorProfile"].is_null()
+            && c["securityContext"]["appArmorProfile"].is_null(),
+        "{spec:#}"
     );
+    // Its own taint is tolerated for every effect (no self-eviction under NoExecute).
+    let own: Vec<&Value> = spec["tolerations"]
+        .as_array()
+        .expect("tolerations")
+        .iter()
+        .filter(|t| t["key"] == json!(TAINT))
+        .collect();
+    assert_eq!(own.len(), 1, "{spec:#}");
+    assert_eq!(own[0]["operator"], json!("Exists"), "{spec:#}");
+    assert!(own[0]["effect"].is_null(), "every effect: {spec:#}");
     assert_eq!(spec["hostNetwork"], json!(true));
     assert_ne!(spec["hostPID"], json!(true));
     assert_ne!(spec["hostIPC"], json!(true));
@@ -400,6 +413,20 @@ fn base_and_overlay_apply_server_side_and_keep_the_least_privilege_pod_spec() {
             .is_some_and(|i| i.ends_with("/redis-node-tuner:0.1.0")),
         "{spec:#}"
     );
+
+    // The AppArmor component (for pools where every node runs AppArmor) pins the runtime
+    // default explicitly and changes nothing else of the pod.
+    let pinned = kustomize(&api, "tests/fixtures/apparmor-pool");
+    let out = apply_server_side(&api, &pinned, &[]);
+    assert!(
+        out.contains("daemonset.apps/redis-node-tuner serverside-applied"),
+        "{out}"
+    );
+    let mut ds = daemonset(&api);
+    let sc = &mut ds["spec"]["template"]["spec"]["securityContext"];
+    assert_eq!(sc["appArmorProfile"], json!({"type": "RuntimeDefault"}), "{sc:#}");
+    sc.as_object_mut().map(|o| o.remove("appArmorProfile"));
+    assert_least_privilege(&ds);
 
     // The example Redis workload: required affinity on the agent's label, and no toleration
     // of the agent's taint.
