@@ -1,17 +1,115 @@
 //! The agent: observe every knob, diff against the profile, correct enforce-mode drift (after
 //! journalling the original), and produce a [`Report`] plus the [`Event`]s of this pass.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::backoff::jittered;
 use crate::journal::Journal;
 use crate::kernel::{HostFs, KernelError, Reading, Target};
 use crate::profile::{Mode, Profile};
-use crate::reconcile::{self, Action, Observed, State};
+use crate::reconcile::{self, Action, Observed, State, StateKind};
 
 /// Longest wait between two correction attempts of a knob that keeps failing.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// A knob that had to be corrected again on this many consecutive passes after a successful
+/// correction is `Contested`: something keeps rewriting it.
+pub const CONTESTED_PASSES: u32 = 3;
+
+impl Serialize for Mode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Why a knob could not be read or corrected: the `kind` label of failure counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The file does not exist.
+    Missing,
+    /// EACCES/EPERM: not uid 0, or an LSM denied it.
+    Permission,
+    /// EROFS: the file is on a read-only mount.
+    ReadOnly,
+    /// EINVAL: the kernel refused the value.
+    Invalid,
+    /// The write was accepted but the value read back is not the one wanted.
+    NotApplied,
+    /// A `net.*` knob whose network namespace is not proven to be the host's.
+    NetnsUnverified,
+    /// The file's content is not what this knob holds.
+    Parse,
+    /// Another I/O error.
+    Io,
+    /// The original could not be recorded (or the journal is unusable): nothing was written.
+    Journal,
+    /// A read-only command (`check`): nothing is ever written.
+    ReadOnlyAgent,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Missing => "missing",
+            FailureKind::Permission => "permission",
+            FailureKind::ReadOnly => "read_only",
+            FailureKind::Invalid => "invalid",
+            FailureKind::NotApplied => "not_applied",
+            FailureKind::NetnsUnverified => "netns_unverified",
+            FailureKind::Parse => "parse",
+            FailureKind::Io => "io",
+            FailureKind::Journal => "journal",
+            FailureKind::ReadOnlyAgent => "read_only_agent",
+        }
+    }
+
+    /// Every kind, for documentation and tests.
+    pub const ALL: [FailureKind; 10] = [
+        FailureKind::Missing,
+        FailureKind::Permission,
+        FailureKind::ReadOnly,
+        FailureKind::Invalid,
+        FailureKind::NotApplied,
+        FailureKind::NetnsUnverified,
+        FailureKind::Parse,
+        FailureKind::Io,
+        FailureKind::Journal,
+        FailureKind::ReadOnlyAgent,
+    ];
+}
+
+impl From<&KernelError> for FailureKind {
+    fn from(e: &KernelError) -> Self {
+        match e {
+            KernelError::NotFound { .. } => FailureKind::Missing,
+            KernelError::PermissionDenied { .. } => FailureKind::Permission,
+            KernelError::ReadOnly { .. } => FailureKind::ReadOnly,
+            KernelError::Rejected { .. } => FailureKind::Invalid,
+            KernelError::Io { .. } => FailureKind::Io,
+            KernelError::Parse { .. } => FailureKind::Parse,
+            KernelError::NotApplied { .. } => FailureKind::NotApplied,
+            KernelError::NetnsUnverified { .. } => FailureKind::NetnsUnverified,
+        }
+    }
+}
+
+/// A correction that did not happen: why (for metrics) and the message (for people).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl From<KernelError> for Failure {
+    fn from(e: KernelError) -> Self {
+        Failure {
+            kind: FailureKind::from(&e),
+            message: e.to_string(),
+        }
+    }
+}
 
 /// One knob in a report.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -22,10 +120,13 @@ pub struct KnobReport {
     pub desired: String,
     pub actual: Option<String>,
     pub in_sync: bool,
-    pub mode: &'static str,
-    pub state: &'static str,
+    pub mode: Mode,
+    pub state: StateKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Corrected on [`CONTESTED_PASSES`] consecutive passes: something keeps rewriting it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub contested: bool,
     #[serde(skip)]
     pub desired_number: Option<i64>,
     #[serde(skip)]
@@ -47,12 +148,12 @@ impl Report {
     pub fn failing(&self) -> impl Iterator<Item = &KnobReport> {
         self.settings
             .iter()
-            .filter(|k| k.mode == Mode::Enforce.as_str() && !k.in_sync)
+            .filter(|k| k.mode == Mode::Enforce && !k.in_sync)
     }
 
     /// An enforce-mode knob could not be read.
     pub fn unreadable(&self) -> bool {
-        self.failing().any(|k| k.state == "error")
+        self.failing().any(|k| k.state == StateKind::Error)
     }
 }
 
@@ -73,11 +174,27 @@ pub enum Event {
     CorrectionFailed {
         knob: String,
         error: String,
+        kind: FailureKind,
     },
     ReadFailed {
         knob: String,
         error: String,
+        kind: FailureKind,
     },
+    /// Corrected on [`CONTESTED_PASSES`] consecutive passes.
+    Contested { knob: String, passes: u32 },
+}
+
+impl Event {
+    pub fn knob(&self) -> &str {
+        match self {
+            Event::DriftDetected { knob, .. }
+            | Event::Corrected { knob, .. }
+            | Event::CorrectionFailed { knob, .. }
+            | Event::ReadFailed { knob, .. }
+            | Event::Contested { knob, .. } => knob,
+        }
+    }
 }
 
 /// Where originals are recorded before a change.
@@ -92,10 +209,14 @@ pub enum JournalSlot {
 
 #[derive(Debug, Default, Clone)]
 struct Memory {
-    last: Option<&'static str>,
+    last: Option<StateKind>,
     failures: u32,
     retry_at: Option<Instant>,
     last_error: Option<String>,
+    /// The previous pass corrected this knob.
+    corrected: bool,
+    /// Consecutive passes that found it drifted right after a correction.
+    redrifts: u32,
 }
 
 /// One node agent over a resolved profile.
@@ -108,17 +229,13 @@ pub struct Agent {
     interval: Duration,
 }
 
+/// The wait after `failures` failed corrections: the interval doubling up to [`MAX_BACKOFF`],
+/// ±20 % jitter.
 fn backoff(interval: Duration, failures: u32) -> Duration {
     let base = interval
         .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
         .min(MAX_BACKOFF);
-    // ±20% jitter, so a fleet that failed together does not retry together.
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let factor = 0.8 + f64::from(nanos % 1000) / 1000.0 * 0.4;
-    base.mul_f64(factor)
+    jittered(base, 0.2)
 }
 
 impl Agent {
@@ -182,7 +299,7 @@ impl Agent {
             let mut obs = self.fs.read(t);
             let mut state = reconcile::evaluate(&t.desired, &obs);
             let mut note = None;
-            if state == State::Drift && mem.last != Some("drift") {
+            if state == State::Drift && mem.last != Some(StateKind::Drift) {
                 events.push(Event::DriftDetected {
                     knob: t.name.clone(),
                     desired: t.desired.to_string(),
@@ -191,14 +308,27 @@ impl Agent {
                 });
             }
             if let State::Error(e) = &state
-                && mem.last != Some("error")
+                && mem.last != Some(StateKind::Error)
             {
                 events.push(Event::ReadFailed {
                     knob: t.name.clone(),
                     error: e.to_string(),
+                    kind: FailureKind::from(e),
                 });
             }
-            mem.last = Some(state.as_str());
+            if state == State::Drift && mem.corrected {
+                mem.redrifts += 1;
+                if mem.redrifts == CONTESTED_PASSES {
+                    events.push(Event::Contested {
+                        knob: t.name.clone(),
+                        passes: CONTESTED_PASSES,
+                    });
+                }
+            } else if state != State::Drift {
+                mem.redrifts = 0;
+            }
+            mem.corrected = false;
+            mem.last = Some(state.kind());
             if let Action::Correct(value) = reconcile::decide(t.mode, &t.desired, &state) {
                 if mem.retry_at.is_some_and(|at| now < at) {
                     note = mem
@@ -217,24 +347,29 @@ impl Agent {
                             obs = Ok(Some(r));
                             state = State::InSync;
                             *mem = Memory {
-                                last: Some(state.as_str()),
+                                last: Some(state.kind()),
+                                corrected: true,
+                                redrifts: mem.redrifts,
                                 ..Memory::default()
                             };
                         }
-                        Err(error) => {
+                        Err(failure) => {
                             mem.failures += 1;
                             mem.retry_at = Some(now + backoff(self.interval, mem.failures));
-                            mem.last_error = Some(error.clone());
+                            mem.last_error = Some(failure.message.clone());
                             events.push(Event::CorrectionFailed {
                                 knob: t.name.clone(),
-                                error: error.clone(),
+                                error: failure.message.clone(),
+                                kind: failure.kind,
                             });
-                            note = Some(error);
+                            note = Some(failure.message);
                         }
                     }
                 }
             }
-            settings.push(knob_report(t, &obs, &state, note));
+            let mut k = knob_report(t, &obs, &state, note);
+            k.contested = mem.redrifts >= CONTESTED_PASSES;
+            settings.push(k);
         }
         for e in &events {
             log_event(e);
@@ -246,7 +381,7 @@ impl Agent {
         Report {
             ready: settings
                 .iter()
-                .all(|k| k.in_sync || k.mode != Mode::Enforce.as_str()),
+                .all(|k| k.in_sync || k.mode != Mode::Enforce),
             netns: self.fs.netns().describe(),
             settings,
         }
@@ -260,7 +395,11 @@ fn correct(
     t: &mut Target,
     original: &str,
     value: &str,
-) -> Result<Reading, String> {
+) -> Result<Reading, Failure> {
+    let journal_failure = |message: String| Failure {
+        kind: FailureKind::Journal,
+        message,
+    };
     match journal {
         JournalSlot::Ready(j) => {
             let netns = if t.location.is_net() {
@@ -270,21 +409,26 @@ fn correct(
             };
             j.record(&t.name, &t.location, original, netns)
                 .map_err(|e| {
-                    format!(
+                    journal_failure(format!(
                         "{}: not changed, the original could not be recorded: {e}",
                         t.name
-                    )
+                    ))
                 })?;
         }
         JournalSlot::Broken(why) => {
-            return Err(format!(
+            return Err(journal_failure(format!(
                 "{}: not changed, the state journal is unusable: {why}",
                 t.name
-            ));
+            )));
         }
-        JournalSlot::None => return Err(format!("{}: not changed (read-only agent)", t.name)),
+        JournalSlot::None => {
+            return Err(Failure {
+                kind: FailureKind::ReadOnlyAgent,
+                message: format!("{}: not changed (read-only agent)", t.name),
+            });
+        }
     }
-    let r = fs.write(t, value).map_err(|e| e.to_string())?;
+    let r = fs.write(t, value)?;
     if reconcile::satisfies(&t.desired, &r) {
         Ok(r)
     } else {
@@ -294,7 +438,7 @@ fn correct(
             wrote: value.to_string(),
             read: r.value,
         }
-        .to_string())
+        .into())
     }
 }
 
@@ -321,9 +465,10 @@ fn knob_report(t: &Target, obs: &Observed, state: &State, note: Option<String>) 
         desired: t.desired.to_string(),
         actual,
         in_sync: state.is_ok(),
-        mode: t.mode.as_str(),
-        state: state.as_str(),
+        mode: t.mode,
+        state: state.kind(),
         error,
+        contested: false,
         desired_number: t.desired.numeric(),
         actual_number,
     }
@@ -344,10 +489,17 @@ fn log_event(e: &Event) {
             "drift detected"
         ),
         Event::Corrected { knob, from, to } => tracing::info!(knob, from, to, "drift corrected"),
-        Event::CorrectionFailed { knob, error } => {
-            tracing::error!(knob, error, "correction failed")
+        Event::CorrectionFailed { knob, error, kind } => {
+            tracing::error!(knob, error, kind = kind.as_str(), "correction failed")
         }
-        Event::ReadFailed { knob, error } => tracing::error!(knob, error, "cannot read knob"),
+        Event::ReadFailed { knob, error, kind } => {
+            tracing::error!(knob, error, kind = kind.as_str(), "cannot read knob")
+        }
+        Event::Contested { knob, passes } => tracing::warn!(
+            knob,
+            passes,
+            "contested: corrected on consecutive passes, something keeps rewriting it"
+        ),
     }
 }
 
@@ -433,7 +585,10 @@ mod tests {
             .iter()
             .find(|k| k.name == "vm.overcommit_memory")
             .unwrap();
-        assert_eq!((k.in_sync, k.state, k.mode), (false, "drift", "audit"));
+        assert_eq!(
+            (k.in_sync, k.state, k.mode),
+            (false, StateKind::Drift, Mode::Audit)
+        );
     }
 
     #[test]
@@ -483,10 +638,11 @@ mod tests {
     }
 
     #[test]
-    fn not_applied_when_the_read_back_differs() {
-        // A value that reads back as something the profile does not accept (as when a kernel
-        // clamps a write) is a failure, not a correction. Validation never builds such a
-        // Desired from a config; it stands in for the kernel here.
+    fn a_write_the_profile_does_not_accept_is_not_a_correction() {
+        // The value written reads back as written, but the profile does not accept it (what
+        // validation prevents for configs; built here by hand): reported as not applied, with
+        // what was written and what was read. A kernel that reads back something else than was
+        // written is covered against the real kernel in tests/hardening.rs.
         let tree = FakeTree::untuned();
         let mut a = agent(&tree, &Profile::default(), &tree.dir.path().join("state"));
         let t = a
@@ -499,12 +655,62 @@ mod tests {
             set: "madvise".into(),
         };
         let err = correct(&a.fs, &mut JournalSlot::None, t, "always", "madvise").unwrap_err();
-        assert!(err.contains("read-only agent"), "{err}");
+        assert_eq!(err.kind, FailureKind::ReadOnlyAgent, "{err:?}");
+        assert_eq!(
+            tree.get("sys/kernel/mm/transparent_hugepage/enabled"),
+            "always\n"
+        );
         let mut slot = JournalSlot::Ready(Journal::load(&tree.dir.path().join("state2")).unwrap());
         let err = correct(&a.fs, &mut slot, t, "always", "madvise").unwrap_err();
+        assert_eq!(err.kind, FailureKind::NotApplied, "{err:?}");
         assert!(
-            err.contains("wrote \"madvise\"") && err.contains("reads back \"madvise\""),
-            "{err}"
+            err.message.contains("wrote \"madvise\"")
+                && err.message.contains("reads back \"madvise\""),
+            "{err:?}"
         );
+    }
+
+    #[test]
+    fn a_knob_rewritten_on_every_pass_becomes_contested_and_clears_when_it_stays() {
+        let tree = FakeTree::untuned();
+        let mut a = agent(&tree, &Profile::default(), &tree.dir.path().join("state"));
+        let t0 = Instant::now();
+        let contested = |events: &[Event]| {
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::Contested { knob, .. } if knob == "vm.overcommit_memory"))
+                .count()
+        };
+        let flag = |r: &Report| {
+            r.settings
+                .iter()
+                .find(|k| k.name == "vm.overcommit_memory")
+                .map(|k| k.contested)
+        };
+        let (r, events) = a.reconcile(t0);
+        assert_eq!((contested(&events), flag(&r)), (0, Some(false)));
+        // Someone writes 0 again before every pass.
+        for pass in 1..=CONTESTED_PASSES {
+            tree.put("proc/sys/vm/overcommit_memory", "0\n");
+            let (r, events) = a.reconcile(t0);
+            let last = pass == CONTESTED_PASSES;
+            assert_eq!(
+                (contested(&events), flag(&r)),
+                (usize::from(last), Some(last)),
+                "pass {pass}"
+            );
+            assert!(r.ready, "each pass still corrects it");
+        }
+        // Announced once, flagged while it lasts.
+        tree.put("proc/sys/vm/overcommit_memory", "0\n");
+        let (r, events) = a.reconcile(t0);
+        assert_eq!((contested(&events), flag(&r)), (0, Some(true)));
+        // Left alone for a pass: no longer contested.
+        let (r, _) = a.reconcile(t0);
+        assert_eq!(flag(&r), Some(false));
+        // A single drift after that is not contested.
+        tree.put("proc/sys/vm/overcommit_memory", "0\n");
+        let (r, _) = a.reconcile(t0);
+        assert_eq!(flag(&r), Some(false));
     }
 }

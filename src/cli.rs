@@ -9,7 +9,9 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::agent::{Agent, Event, JournalSlot, Report};
+use crate::daemon::{DaemonError, KubeMode};
 use crate::journal::Journal;
+use crate::k8s::GateError;
 use crate::kernel::{HostFs, Target};
 use crate::metrics::Metrics;
 use crate::profile::{self, Profile};
@@ -30,6 +32,8 @@ pub enum Exit {
     Journal = 4,
     /// The daemon could not start (listen address, signals, runtime).
     Runtime = 5,
+    /// A critical task of the daemon (the Kubernetes gate) died while it ran.
+    TaskDied = 7,
 }
 
 impl From<Exit> for ExitCode {
@@ -105,6 +109,14 @@ pub struct Cli {
     /// Kubernetes mode: the Node this agent runs on (default: $NODE_NAME).
     #[arg(long, global = true, env = "REDIS_NODE_TUNER_NODE_NAME")]
     pub node_name: Option<String>,
+    /// Kubernetes mode: bound of every API request (e.g. 10s).
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_NODE_TUNER_KUBE_TIMEOUT",
+        default_value = "10s"
+    )]
+    pub kube_timeout: String,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -153,6 +165,10 @@ pub enum Command {
         /// How often the node condition is rewritten when nothing changes (e.g. 5m).
         #[arg(long, env = "REDIS_NODE_TUNER_HEARTBEAT", default_value = "5m")]
         heartbeat: String,
+        /// The Node watch is renewed after about this long, and re-established when nothing
+        /// arrives for this long plus --kube-timeout (e.g. 5m).
+        #[arg(long, env = "REDIS_NODE_TUNER_WATCH_TIMEOUT", default_value = "5m")]
+        watch_timeout: String,
         /// The agent's own Pod name, to prove host networking (default: $POD_NAME).
         #[arg(long, env = "REDIS_NODE_TUNER_POD_NAME")]
         pod_name: Option<String>,
@@ -167,22 +183,29 @@ pub enum Command {
     Cleanup,
 }
 
-/// The Kubernetes settings of `run`, validated before anything starts.
-struct KubeMode {
-    kubeconfig: Option<PathBuf>,
-    opts: crate::k8s::GateOptions,
-}
-
 fn env_fallback(v: &Option<String>, var: &str) -> Option<String> {
     v.clone()
         .or_else(|| std::env::var(var).ok())
         .filter(|s| !s.is_empty())
 }
 
+/// `--kube-timeout`, validated.
+fn kube_timeout(cli: &Cli) -> Result<std::time::Duration, String> {
+    profile::parse_duration(&cli.kube_timeout)
+        .filter(|d| d.as_millis() >= 100 && d.as_secs() <= 300)
+        .ok_or_else(|| {
+            format!(
+                "--kube-timeout {:?}: expected a duration between 100ms and 5m (e.g. 10s)",
+                cli.kube_timeout
+            )
+        })
+}
+
 fn kube_mode(cli: &Cli) -> Result<Option<KubeMode>, String> {
     let Command::Run {
         taint_effect,
         heartbeat,
+        watch_timeout,
         pod_name,
         pod_namespace,
         no_kubernetes,
@@ -210,6 +233,14 @@ fn kube_mode(cli: &Cli) -> Result<Option<KubeMode>, String> {
         .ok_or_else(|| {
             format!("--heartbeat {heartbeat:?}: expected a duration of at least 1s (e.g. 5m)")
         })?;
+    let watch_timeout = profile::parse_duration(watch_timeout)
+        .filter(|d| d.as_secs() >= 1 && d.as_secs() <= 1800)
+        .ok_or_else(|| {
+            format!(
+                "--watch-timeout {watch_timeout:?}: expected a duration between 1s and 30m (e.g. 5m)"
+            )
+        })?;
+    let request_timeout = kube_timeout(cli)?;
     let pod = match (
         env_fallback(pod_namespace, "POD_NAMESPACE"),
         env_fallback(pod_name, "POD_NAME"),
@@ -224,6 +255,8 @@ fn kube_mode(cli: &Cli) -> Result<Option<KubeMode>, String> {
             taint_effect,
             heartbeat,
             pod,
+            request_timeout,
+            watch_timeout,
         },
     }))
 }
@@ -282,11 +315,14 @@ pub fn run_cli(cli: Cli) -> Exit {
         interval: Some(i), ..
     } = &cli.command
     {
+        // The same bounds as the config file's `interval`.
         match profile::parse_duration(i) {
-            Some(d) if d.as_millis() >= 100 => profile.interval = d,
+            Some(d) if (profile::MIN_INTERVAL..=profile::MAX_INTERVAL).contains(&d) => {
+                profile.interval = d
+            }
             _ => {
                 eprintln!(
-                    "error: --interval {i:?}: expected a duration of at least 100ms (e.g. 1s, 500ms)"
+                    "error: --interval {i:?}: expected a duration between 100ms and 1h (e.g. 1s, 500ms)"
                 );
                 return Exit::Usage;
             }
@@ -294,6 +330,10 @@ pub fn run_cli(cli: Cli) -> Exit {
     }
     if let Command::Cleanup = &cli.command {
         return cleanup(&cli);
+    }
+    if let Err(msg) = kube_timeout(&cli) {
+        eprintln!("error: {msg}");
+        return Exit::Usage;
     }
     let kube = match kube_mode(&cli) {
         Ok(k) => k,
@@ -347,18 +387,23 @@ fn cleanup(cli: &Cli) -> Exit {
         Ok(rt) => rt,
         Err(e) => return e,
     };
+    let timeout = match kube_timeout(cli) {
+        Ok(t) => t,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return Exit::Usage;
+        }
+    };
     rt.block_on(async {
-        let client = match crate::k8s::client(cli.kubeconfig.as_deref()).await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return Exit::Usage;
-            }
-        };
-        match crate::k8s::cleanup(client, &node, Arc::new(Metrics::new())).await {
+        let metrics = Arc::new(Metrics::new());
+        match crate::k8s::cleanup(cli.kubeconfig.as_deref(), &node, timeout, metrics).await {
             Ok(()) => {
                 println!("removed label, taint and condition of redis-node-tuner from node {node}");
                 Exit::Ok
+            }
+            Err(e @ (GateError::Kubeconfig { .. } | GateError::InCluster(_))) => {
+                eprintln!("error: {e}");
+                Exit::Usage
             }
             Err(e) => {
                 eprintln!("error: {e}");
@@ -382,7 +427,7 @@ fn print_table(report: &Report) {
             k.desired.clone(),
             k.actual.clone().unwrap_or_else(|| "-".into()),
             k.mode.to_string(),
-            k.state.to_string(),
+            k.state.as_str().to_string(),
         ]);
     }
     let mut width = [0usize; 5];
@@ -440,7 +485,10 @@ fn dry_run(mut agent: Agent) -> Exit {
     for (knob, from, to) in &changes {
         println!("would change {knob}: {from} -> {to}");
     }
-    for k in report.failing().filter(|k| k.state == "error") {
+    for k in report
+        .failing()
+        .filter(|k| k.state == crate::reconcile::StateKind::Error)
+    {
         println!(
             "cannot change {}: {}",
             k.name,
@@ -542,67 +590,15 @@ fn daemon(agent: Agent, listen: &str, kube: Option<KubeMode>) -> Exit {
         Ok(rt) => rt,
         Err(e) => return e,
     };
-    rt.block_on(async move {
-        let listener = if listen.is_empty() {
-            None
-        } else {
-            match tokio::net::TcpListener::bind(listen).await {
-                Ok(l) => {
-                    tracing::info!(listen, "serving /metrics, /healthz, /readyz");
-                    Some(l)
-                }
-                Err(e) => {
-                    eprintln!("error: --listen {listen:?}: {e}");
-                    return Exit::Runtime;
-                }
-            }
-        };
-        let metrics = Arc::new(Metrics::new());
-        let mut hooks = crate::daemon::Hooks::new();
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut gate = None;
-        if let Some(k) = kube {
-            // Building the client reads the kubeconfig only: the API server may be down.
-            let client = match crate::k8s::client(k.kubeconfig.as_deref()).await {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return Exit::Usage;
-                }
-            };
-            let (ev_tx, ev_rx) = tokio::sync::mpsc::channel(1024);
-            let (proof_tx, proof_rx) = tokio::sync::mpsc::channel(1);
-            hooks.events = Some(ev_tx);
-            hooks.netns_proof = Some(proof_rx);
-            let inputs = crate::k8s::GateInputs {
-                reports: hooks.reports.subscribe(),
-                events: ev_rx,
-                stop: stop_rx,
-                netns_proof: Some(proof_tx),
-            };
-            tracing::info!(node = %k.opts.node_name, "Kubernetes mode");
-            gate = Some(tokio::spawn(crate::k8s::run(
-                client,
-                k.opts,
-                metrics.clone(),
-                inputs,
-            )));
-        }
-        let res = crate::daemon::run(agent, metrics, listener, hooks).await;
-        let _ = stop_tx.send(true);
-        if let Some(g) = gate
-            && tokio::time::timeout(std::time::Duration::from_secs(8), g)
-                .await
-                .is_err()
-        {
-            tracing::warn!("Kubernetes reporter did not stop in time");
-        }
-        match res {
-            Ok(()) => Exit::Ok,
-            Err(e) => {
-                eprintln!("error: {e}");
-                Exit::Runtime
+    match rt.block_on(crate::daemon::run(agent, listen, kube)) {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            eprintln!("error: {e}");
+            match e {
+                DaemonError::Listen { .. } | DaemonError::Start(_) => Exit::Runtime,
+                DaemonError::Gate(_) => Exit::Usage,
+                DaemonError::TaskDied(_) => Exit::TaskDied,
             }
         }
-    })
+    }
 }

@@ -1,119 +1,300 @@
-//! `run`: the enforce loop, the HTTP endpoints, and graceful shutdown.
+//! `run`: the enforce loop on a thread of its own (kernel and journal I/O never stall the
+//! runtime), the HTTP endpoints and the optional Kubernetes gate on the runtime, supervision
+//! (a dead gate fails `/healthz` and stops the process non-zero), and graceful shutdown.
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
-use tokio::time::MissedTickBehavior;
 
 use crate::agent::{Agent, Event, Report};
 use crate::http::{self, Health};
+use crate::k8s::{self, GateError, GateOptions};
 use crate::metrics::Metrics;
 
-/// Where the loop publishes, for reporters such as the Kubernetes gate.
-pub struct Hooks {
-    /// Every pass's report.
-    pub reports: watch::Sender<Option<Arc<Report>>>,
-    /// Every event (dropped, with a log line, if the reporter lags by more than the buffer).
-    pub events: Option<mpsc::Sender<Event>>,
-    /// Proofs that the agent's network namespace is the host's (e.g. from its Pod).
-    pub netns_proof: Option<mpsc::Receiver<String>>,
+/// Events buffered for the gate; past that they are dropped with a log line.
+const EVENT_BUFFER: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("--listen {addr:?}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start: {0}")]
+    Start(#[source] std::io::Error),
+    /// The gate cannot start (kubeconfig, or the agent's Pod does not tolerate its taint).
+    #[error(transparent)]
+    Gate(#[from] GateError),
+    /// A critical task ended while the daemon ran.
+    #[error("{0}")]
+    TaskDied(String),
 }
 
-impl Hooks {
-    pub fn new() -> Hooks {
-        Hooks {
-            reports: watch::channel(None).0,
-            events: None,
-            netns_proof: None,
+/// Kubernetes mode of `run`.
+pub struct KubeMode {
+    pub kubeconfig: Option<PathBuf>,
+    pub opts: GateOptions,
+}
+
+/// Messages to the enforce thread.
+pub enum Control {
+    /// Host networking is proven: `net.*` knobs may be enforced.
+    HostNetwork(String),
+    Stop,
+}
+
+/// Where the enforce thread publishes.
+struct Outputs {
+    reports: watch::Sender<Option<Arc<Report>>>,
+    events: Option<mpsc::Sender<Event>>,
+}
+
+/// The enforce loop: a pass every interval (a long pass delays the next, never piles up),
+/// until [`Control::Stop`] or the sender is gone.
+fn enforce_loop(
+    mut agent: Agent,
+    metrics: Arc<Metrics>,
+    out: Outputs,
+    ctl: std_mpsc::Receiver<Control>,
+) {
+    let interval = agent.interval();
+    let mut was_ready: Option<bool> = None;
+    let mut notified = false;
+    let mut next = Instant::now();
+    loop {
+        loop {
+            let now = Instant::now();
+            if now >= next {
+                break;
+            }
+            match ctl.recv_timeout(next - now) {
+                Ok(Control::HostNetwork(proof)) => {
+                    tracing::info!(proof = %proof, "host network namespace proven");
+                    agent.fs_mut().assert_host_netns(proof);
+                    next = Instant::now();
+                }
+                Ok(Control::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+        let start = Instant::now();
+        let (report, events) = agent.reconcile(start);
+        metrics.observe(&report, &events, start.elapsed());
+        if !notified {
+            // systemd Type=notify: started once the first apply pass completed.
+            crate::notify::notify(if report.ready {
+                "READY=1\nSTATUS=every enforce-mode setting is in sync"
+            } else {
+                "READY=1\nSTATUS=not ready: see /readyz or the logs"
+            });
+            notified = true;
+        }
+        if was_ready != Some(report.ready) {
+            if report.ready {
+                tracing::info!("node ready: every enforce-mode setting is in sync");
+            } else {
+                let failing: Vec<&str> = report.failing().map(|k| k.name.as_str()).collect();
+                tracing::warn!(failing = ?failing, "node not ready");
+            }
+            was_ready = Some(report.ready);
+        }
+        if let Some(tx) = &out.events {
+            for e in events {
+                if tx.try_send(e).is_err() {
+                    tracing::warn!("reporter is behind: event dropped");
+                }
+            }
+        }
+        out.reports.send_replace(Some(Arc::new(report)));
+        next = (start + interval).max(Instant::now());
+    }
+}
+
+/// The enforce thread and its control channel.
+struct Enforcer {
+    ctl: std_mpsc::Sender<Control>,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Enforcer {
+    fn spawn(agent: Agent, metrics: Arc<Metrics>, out: Outputs) -> std::io::Result<Enforcer> {
+        let (ctl, rx) = std_mpsc::channel();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("enforce".into())
+            .spawn(move || {
+                enforce_loop(agent, metrics, out, rx);
+                let _ = done_tx.send(());
+            })?;
+        Ok(Enforcer { ctl, done })
+    }
+
+    /// Stops after the current pass; gives up waiting after `bound` (a pass blocked in the
+    /// kernel must not hold the process).
+    async fn stop(self, bound: Duration) {
+        let _ = self.ctl.send(Control::Stop);
+        if tokio::time::timeout(bound, self.done).await.is_err() {
+            tracing::warn!("the enforce pass did not finish in time; exiting anyway");
         }
     }
 }
 
-impl Default for Hooks {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-async fn next_proof(rx: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
-    match rx {
-        Some(r) => r.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Runs the loop until SIGTERM or SIGINT. Every pass is published through `hooks`.
+/// Runs the daemon until SIGTERM or SIGINT: binds `listen` (empty: no HTTP), starts the gate in
+/// Kubernetes mode, and supervises.
 pub async fn run(
     mut agent: Agent,
-    metrics: Arc<Metrics>,
-    listener: Option<TcpListener>,
-    mut hooks: Hooks,
-) -> std::io::Result<()> {
-    let health = Arc::new(Health::new(hooks.reports.subscribe()));
-    let server = listener.map(|l| tokio::spawn(http::serve(l, metrics.clone(), health.clone())));
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(agent.interval());
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    listen: &str,
+    kube: Option<KubeMode>,
+) -> Result<(), DaemonError> {
+    let listener = if listen.is_empty() {
+        None
+    } else {
+        let l = TcpListener::bind(listen)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                addr: listen.to_string(),
+                source,
+            })?;
+        tracing::info!(listen, "serving /metrics, /healthz, /readyz");
+        Some(l)
+    };
+    let metrics = Arc::new(Metrics::new());
+    let (reports, _) = watch::channel(None);
+    let health = Arc::new(Health::new(reports.subscribe()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut out = Outputs {
+        reports,
+        events: None,
+    };
+    let mut gate_parts = None;
+    if let Some(k) = kube {
+        tracing::info!(node = %k.opts.node_name, "Kubernetes mode");
+        let prepared = k8s::prepare(k.kubeconfig.as_deref(), k.opts, metrics.clone()).await?;
+        if let Some(proof) = prepared.pod.as_ref().and_then(|p| p.proof()) {
+            tracing::info!(proof = %proof, "host network namespace proven");
+            agent.fs_mut().assert_host_netns(proof);
+        }
+        let (ev_tx, ev_rx) = mpsc::channel(EVENT_BUFFER);
+        out.events = Some(ev_tx);
+        gate_parts = Some((prepared, ev_rx));
+    }
+    let gate_inputs_reports = out.reports.subscribe();
     tracing::info!(
         interval_ms = agent.interval().as_millis() as u64,
         netns = %agent.fs().netns().describe(),
         "enforce loop started"
     );
-    let mut was_ready: Option<bool> = None;
-    let mut notified = false;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                let start = Instant::now();
-                let (report, events) = agent.reconcile(start);
-                metrics.observe(&report, &events, start.elapsed());
-                if !notified {
-                    // systemd Type=notify: started once the first apply pass completed.
-                    crate::notify::notify(if report.ready {
-                        "READY=1\nSTATUS=every enforce-mode setting is in sync"
-                    } else {
-                        "READY=1\nSTATUS=not ready: see /readyz or the logs"
-                    });
-                    notified = true;
-                }
-                if was_ready != Some(report.ready) {
-                    if report.ready {
-                        tracing::info!("node ready: every enforce-mode setting is in sync");
-                    } else {
-                        let failing: Vec<&str> = report.failing().map(|k| k.name.as_str()).collect();
-                        tracing::warn!(failing = ?failing, "node not ready");
-                    }
-                    was_ready = Some(report.ready);
-                }
-                if let Some(tx) = &hooks.events {
-                    for e in events {
-                        if tx.try_send(e).is_err() {
-                            tracing::warn!("reporter is behind: event dropped");
-                        }
-                    }
-                }
-                hooks.reports.send_replace(Some(Arc::new(report)));
-            }
-            proof = next_proof(&mut hooks.netns_proof) => {
-                match proof {
-                    Some(p) => {
-                        tracing::info!(proof = %p, "host network namespace proven");
-                        agent.fs_mut().assert_host_netns(p);
-                    }
-                    None => hooks.netns_proof = None,
-                }
-            }
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
-        }
-    }
+    let enforcer = Enforcer::spawn(agent, metrics.clone(), out).map_err(DaemonError::Start)?;
+    let gate = gate_parts.map(|(prepared, events)| {
+        let ctl = enforcer.ctl.clone();
+        let inputs = k8s::GateInputs {
+            reports: gate_inputs_reports,
+            events,
+            stop: stop_rx,
+            on_host_network: Some(Box::new(move |proof| {
+                let _ = ctl.send(Control::HostNetwork(proof));
+            })),
+        };
+        tokio::spawn(k8s::run(prepared, inputs))
+    });
+    let server = listener.map(|l| tokio::spawn(http::serve(l, metrics.clone(), health.clone())));
+    let result = supervise(gate, &health, stop_tx).await;
+    enforcer.stop(Duration::from_secs(2)).await;
     crate::notify::notify("STOPPING=1");
     if let Some(s) = server {
         s.abort();
     }
+    result
+}
+
+/// How long the gate may take to write AgentStopped after SIGTERM (its one request is bounded
+/// by the request timeout; this bounds the rest).
+const GATE_STOP_SLACK: Duration = Duration::from_secs(2);
+
+/// Waits for SIGTERM/SIGINT or the death of the gate. A gate that ends on its own (an error, a
+/// panic) marks `/healthz` failed and makes the process exit non-zero, so the kubelet or
+/// systemd restarts it rather than letting it run half-blind.
+async fn supervise(
+    gate: Option<tokio::task::JoinHandle<Result<(), GateError>>>,
+    health: &Health,
+    stop: watch::Sender<bool>,
+) -> Result<(), DaemonError> {
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Start)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Start)?;
+    let mut gate = gate;
+    let died = tokio::select! {
+        _ = term.recv() => { tracing::info!("SIGTERM: stopping"); None }
+        _ = int.recv() => { tracing::info!("SIGINT: stopping"); None }
+        r = async {
+            match gate.as_mut() {
+                Some(g) => g.await,
+                None => std::future::pending().await,
+            }
+        } => {
+            gate = None;
+            Some(match r {
+                Ok(Err(e @ GateError::Intolerant { .. })) => return Err(DaemonError::Gate(e)),
+                Ok(Err(e)) => format!("the Kubernetes gate ended: {e}"),
+                Ok(Ok(())) => "the Kubernetes gate ended".to_string(),
+                Err(e) => format!("the Kubernetes gate died: {e}"),
+            })
+        }
+    };
+    if let Some(why) = died {
+        tracing::error!(reason = %why, "a critical task died: /healthz fails, exiting");
+        health.set_dead(why.clone());
+        return Err(DaemonError::TaskDied(why));
+    }
+    let _ = stop.send(true);
+    if let Some(g) = gate {
+        let bound = GATE_STOP_SLACK + Duration::from_secs(30);
+        match tokio::time::timeout(bound, g).await {
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "Kubernetes reporter stopped with an error")
+            }
+            Ok(_) => {}
+            Err(_) => tracing::warn!("Kubernetes reporter did not stop in time"),
+        }
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dead_gate_fails_healthz_and_ends_the_daemon_with_an_error() {
+        let (_reports, rx) = watch::channel(None);
+        let health = Health::new(rx);
+        let (stop, _) = watch::channel(false);
+        let gate = tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            panic!("gate bug");
+        });
+        let r = supervise(Some(gate), &health, stop).await;
+        assert!(
+            matches!(&r, Err(DaemonError::TaskDied(why)) if why.contains("gate bug")),
+            "{r:?}"
+        );
+        assert!(health.dead().is_some_and(|w| w.contains("died")));
+    }
+
+    #[tokio::test]
+    async fn a_gate_that_returns_is_a_death_too() {
+        let (_reports, rx) = watch::channel(None);
+        let health = Health::new(rx);
+        let (stop, _) = watch::channel(false);
+        let gate = tokio::spawn(async { Ok(()) });
+        let r = supervise(Some(gate), &health, stop).await;
+        assert!(matches!(r, Err(DaemonError::TaskDied(_))), "{r:?}");
+        assert!(health.dead().is_some());
+    }
 }

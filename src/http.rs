@@ -1,7 +1,7 @@
 //! `/metrics`, `/healthz` and `/readyz` over HTTP/1.1 (hyper).
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -19,15 +19,40 @@ use crate::metrics::Metrics;
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// What `/readyz` answers, rendered on request from the latest published report.
-#[derive(Debug, Clone)]
+/// What `/readyz` answers, rendered on request from the latest published report, and what
+/// `/healthz` answers: ok until a critical task of the daemon has died.
+#[derive(Debug)]
 pub struct Health {
     reports: watch::Receiver<Option<Arc<Report>>>,
+    dead: Mutex<Option<String>>,
 }
 
 impl Health {
     pub fn new(reports: watch::Receiver<Option<Arc<Report>>>) -> Health {
-        Health { reports }
+        Health {
+            reports,
+            dead: Mutex::new(None),
+        }
+    }
+
+    /// From now on `/healthz` fails with `why`.
+    pub fn set_dead(&self, why: String) {
+        *self.dead.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    /// `None` while healthy, else why not.
+    pub fn dead(&self) -> Option<String> {
+        self.dead.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn healthz(&self) -> (StatusCode, String) {
+        match self.dead() {
+            None => (StatusCode::OK, "ok\n".into()),
+            Some(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("unhealthy: {why}\n"),
+            ),
+        }
     }
 
     fn readyz(&self) -> (StatusCode, String) {
@@ -90,7 +115,10 @@ fn handle(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Respon
                 respond(StatusCode::OK, PROMETHEUS_TEXT, metrics.encode_prometheus())
             }
         }
-        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/healthz" => {
+            let (code, body) = health.healthz();
+            respond(code, "text/plain", body)
+        }
         "/readyz" => {
             let (code, body) = health.readyz();
             respond(code, "text/plain", body)

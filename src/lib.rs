@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod backoff;
 pub mod cli;
 pub mod daemon;
 pub mod http;

@@ -24,6 +24,12 @@ pub struct CorrectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub setting: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub verb: String,
     pub result: String,
@@ -42,6 +48,8 @@ pub struct Metrics {
     node_ready: Gauge,
     drift: Family<SettingLabel, Counter>,
     corrections: Family<CorrectionLabels, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    contested: Family<SettingLabel, Gauge>,
     desired: Family<SettingLabel, Gauge>,
     actual: Family<SettingLabel, Gauge>,
     check_duration: Histogram,
@@ -77,6 +85,8 @@ impl Metrics {
             node_ready: Gauge::default(),
             drift: Family::default(),
             corrections: Family::default(),
+            failures: Family::default(),
+            contested: Family::default(),
             desired: Family::default(),
             actual: Family::default(),
             // 5 µs .. ~80 ms
@@ -109,6 +119,16 @@ impl Metrics {
             "corrections",
             "Correction attempts by result (success, failure)",
             m.corrections.clone(),
+        );
+        registry.register(
+            "correction_failures",
+            "Failed correction attempts by the kind of failure (permission, read_only, invalid, missing, netns_unverified, ...)",
+            m.failures.clone(),
+        );
+        registry.register(
+            "setting_contested",
+            "1 while the knob has been corrected on consecutive passes (something keeps rewriting it)",
+            m.contested.clone(),
         );
         registry.register(
             "setting_desired_value",
@@ -151,7 +171,8 @@ impl Metrics {
             self.in_sync.get_or_create(&l).set(i64::from(k.in_sync));
             self.enforced
                 .get_or_create(&l)
-                .set(i64::from(k.mode == "enforce"));
+                .set(i64::from(k.mode == crate::profile::Mode::Enforce));
+            self.contested.get_or_create(&l).set(i64::from(k.contested));
             if first {
                 // Counters exist from the start, so rate() and absent() work.
                 let _ = self.drift.get_or_create(&l);
@@ -179,20 +200,29 @@ impl Metrics {
                 Event::DriftDetected { knob, .. } => {
                     self.drift.get_or_create(&label(knob)).inc();
                 }
-                Event::Corrected { knob, .. } | Event::CorrectionFailed { knob, .. } => {
-                    let result = if matches!(e, Event::Corrected { .. }) {
-                        "success"
-                    } else {
-                        "failure"
-                    };
+                Event::Corrected { knob, .. } => {
                     self.corrections
                         .get_or_create(&CorrectionLabels {
                             setting: knob.clone(),
-                            result,
+                            result: "success",
                         })
                         .inc();
                 }
-                Event::ReadFailed { .. } => {}
+                Event::CorrectionFailed { knob, kind, .. } => {
+                    self.corrections
+                        .get_or_create(&CorrectionLabels {
+                            setting: knob.clone(),
+                            result: "failure",
+                        })
+                        .inc();
+                    self.failures
+                        .get_or_create(&FailureLabels {
+                            setting: knob.clone(),
+                            kind: kind.as_str(),
+                        })
+                        .inc();
+                }
+                Event::ReadFailed { .. } | Event::Contested { .. } => {}
             }
         }
     }

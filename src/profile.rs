@@ -12,8 +12,8 @@ use serde_json::Value;
 
 /// Interval of the enforce loop when the config does not set one.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
-const MIN_INTERVAL: Duration = Duration::from_millis(100);
-const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// THP `enabled` vocabulary (`/sys/kernel/mm/transparent_hugepage/enabled`).
 pub const THP_ENABLED_WORDS: &[&str] = &["always", "madvise", "never"];

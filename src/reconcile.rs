@@ -17,14 +17,44 @@ pub enum State {
     Error(KernelError),
 }
 
-impl State {
-    pub fn as_str(&self) -> &'static str {
+/// The state of a knob as reported (`state` in JSON, logs): [`State`] without the error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StateKind {
+    InSync,
+    Drift,
+    NotApplicable,
+    Error,
+}
+
+impl StateKind {
+    pub fn as_str(self) -> &'static str {
         match self {
-            State::InSync => "in_sync",
-            State::Drift => "drift",
-            State::NotApplicable => "not_applicable",
-            State::Error(_) => "error",
+            StateKind::InSync => "in_sync",
+            StateKind::Drift => "drift",
+            StateKind::NotApplicable => "not_applicable",
+            StateKind::Error => "error",
         }
+    }
+}
+
+impl serde::Serialize for StateKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl State {
+    pub fn kind(&self) -> StateKind {
+        match self {
+            State::InSync => StateKind::InSync,
+            State::Drift => StateKind::Drift,
+            State::NotApplicable => StateKind::NotApplicable,
+            State::Error(_) => StateKind::Error,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        self.kind().as_str()
     }
 
     /// In sync for readiness: the value matches, or the knob does not apply.

@@ -424,7 +424,11 @@ fn base_and_overlay_apply_server_side_and_keep_the_least_privilege_pod_spec() {
     );
     let mut ds = daemonset(&api);
     let sc = &mut ds["spec"]["template"]["spec"]["securityContext"];
-    assert_eq!(sc["appArmorProfile"], json!({"type": "RuntimeDefault"}), "{sc:#}");
+    assert_eq!(
+        sc["appArmorProfile"],
+        json!({"type": "RuntimeDefault"}),
+        "{sc:#}"
+    );
     sc.as_object_mut().map(|o| o.remove("appArmorProfile"));
     assert_least_privilege(&ds);
 

@@ -1,0 +1,146 @@
+//! Kubernetes events from the agent's [`Event`]s, and the bounded queue that holds them while
+//! the Node is not known yet.
+
+use std::collections::VecDeque;
+
+use kube::runtime::events::{Event as KEvent, EventType};
+
+use super::marks::{MESSAGE_MAX, truncate};
+use crate::agent::Event;
+
+/// Events kept while they cannot be published; the oldest are dropped first (and counted).
+pub const QUEUE_MAX: usize = 100;
+
+/// The Kubernetes event for an agent event. Repeats aggregate per reason and knob (the
+/// recorder's series key includes the action).
+pub fn event_for(e: &Event) -> KEvent {
+    let (type_, reason, note) = match e {
+        Event::DriftDetected {
+            knob,
+            desired,
+            actual,
+            mode,
+        } => (
+            EventType::Warning,
+            "DriftDetected",
+            format!("{knob} is {actual}, want {desired} ({mode} mode)"),
+        ),
+        Event::Corrected { knob, from, to } => (
+            EventType::Normal,
+            "DriftCorrected",
+            format!("{knob} set from {from} to {to}"),
+        ),
+        Event::CorrectionFailed { error, .. } | Event::ReadFailed { error, .. } => {
+            (EventType::Warning, "CorrectionFailed", error.to_string())
+        }
+        Event::Contested { knob, passes } => (
+            EventType::Warning,
+            "Contested",
+            format!(
+                "{knob} had to be corrected on {passes} consecutive passes: something keeps rewriting it"
+            ),
+        ),
+    };
+    KEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate(&note, MESSAGE_MAX).to_string()),
+        action: truncate(&format!("Tune {}", e.knob()), 128).to_string(),
+        secondary: None,
+    }
+}
+
+/// The event published when the node becomes Redis-ready.
+pub fn node_ready() -> KEvent {
+    KEvent {
+        type_: EventType::Normal,
+        reason: "NodeReady".into(),
+        note: Some("every enforce-mode kernel setting is in sync; label set, taint removed".into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    }
+}
+
+/// Events waiting to be published, bounded.
+#[derive(Default)]
+pub struct Queue {
+    items: VecDeque<KEvent>,
+    dropped: u64,
+}
+
+impl Queue {
+    pub fn push(&mut self, e: KEvent) {
+        if self.items.len() >= QUEUE_MAX {
+            self.items.pop_front();
+            self.dropped += 1;
+        }
+        self.items.push_back(e);
+    }
+
+    pub fn pop(&mut self) -> Option<KEvent> {
+        self.items.pop_front()
+    }
+
+    /// Puts back an event that could not be published, at the front.
+    pub fn unpop(&mut self, e: KEvent) {
+        if self.items.len() < QUEUE_MAX {
+            self.items.push_front(e);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Events dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::FailureKind;
+
+    #[test]
+    fn a_long_multibyte_note_is_cut_on_a_character_boundary() {
+        // What a knob file of 512 bytes of 0xFF produces: 1,569 bytes of error text.
+        let error = format!(
+            "thp.enabled: unexpected content {:?} in /sys/kernel/mm/transparent_hugepage/enabled",
+            String::from_utf8_lossy(&[0xFF; 512])
+        );
+        assert!(error.len() > 1500);
+        let e = event_for(&Event::ReadFailed {
+            knob: "thp.enabled".into(),
+            error: error.clone(),
+            kind: FailureKind::Parse,
+        });
+        let note = e.note.unwrap_or_default();
+        assert!(note.len() <= MESSAGE_MAX && error.starts_with(&note));
+        assert_eq!(e.reason, "CorrectionFailed");
+        assert_eq!(e.action, "Tune thp.enabled");
+    }
+
+    #[test]
+    fn the_queue_drops_the_oldest_and_counts_them() {
+        let mut q = Queue::default();
+        for i in 0..(QUEUE_MAX + 5) {
+            q.push(KEvent {
+                type_: EventType::Normal,
+                reason: format!("R{i}"),
+                note: None,
+                action: "a".into(),
+                secondary: None,
+            });
+        }
+        assert_eq!((q.len(), q.dropped()), (QUEUE_MAX, 5));
+        assert_eq!(q.pop().map(|e| e.reason), Some("R5".into()));
+    }
+}

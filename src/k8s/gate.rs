@@ -1,0 +1,707 @@
+//! The gate as a state machine: inputs arrive as transitions ([`Gate::on_report`],
+//! [`Gate::on_node`], [`Gate::on_event`], [`Gate::on_timer`], [`Gate::on_stop`]); each brings the
+//! node's marks to what the latest report says, through a [`NodeApi`], writing only what
+//! differs. Failures back off (one shared schedule for marks and events) and are logged once per
+//! outage, not once per retry.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+
+use super::events::{Queue, event_for, node_ready};
+use super::marks::{
+    Reason, condition_update, desired_marks, is_older, label_matches, our_condition, taints,
+    taints_with,
+};
+use super::node_api::NodeApi;
+use super::{GateError, GateOptions, LABEL};
+use crate::agent::{Event, Report};
+use crate::backoff::Backoff;
+
+/// First retry after an API failure, doubling up to [`RETRY_MAX`] (±20 % jitter).
+pub const RETRY_START: Duration = Duration::from_millis(500);
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct Outage {
+    since: Instant,
+    retries: u32,
+}
+
+/// The gate's state.
+pub struct Gate<A: NodeApi> {
+    api: A,
+    opts: GateOptions,
+    node: Option<Node>,
+    node_missing_logged: bool,
+    report: Option<Arc<Report>>,
+    was_ready: Option<bool>,
+    queue: Queue,
+    retry: Backoff,
+    retry_at: Option<Instant>,
+    outage: Option<Outage>,
+    started: Instant,
+    ready_logged: bool,
+}
+
+impl<A: NodeApi> Gate<A> {
+    pub fn new(api: A, opts: GateOptions, now: Instant) -> Self {
+        Gate {
+            api,
+            opts,
+            node: None,
+            node_missing_logged: false,
+            report: None,
+            was_ready: None,
+            queue: Queue::default(),
+            retry: Backoff::new(RETRY_START, RETRY_MAX, 0.2),
+            retry_at: None,
+            outage: None,
+            started: now,
+            ready_logged: false,
+        }
+    }
+
+    pub fn api(&self) -> &A {
+        &self.api
+    }
+
+    /// A new report of the enforce loop.
+    pub async fn on_report(&mut self, report: Arc<Report>, now: Instant) {
+        self.report = Some(report);
+        self.step(now).await;
+    }
+
+    /// The Node as the watch (or a GET) shows it; `None`: it does not exist. An object older
+    /// than the one the agent already holds (its own write's answer) is ignored, so a lagging
+    /// watch never makes the next taint write carry a stale resourceVersion.
+    pub async fn on_node(&mut self, node: Option<Node>, now: Instant) {
+        match node {
+            Some(n) => {
+                if self.node.as_ref().is_some_and(|known| is_older(&n, known)) {
+                    return;
+                }
+                self.node = Some(n);
+                self.node_missing_logged = false;
+            }
+            None => {
+                self.node = None;
+                if !self.node_missing_logged {
+                    tracing::warn!(node = %self.opts.node_name, "node object not found; waiting for it");
+                    self.node_missing_logged = true;
+                }
+            }
+        }
+        self.step(now).await;
+    }
+
+    /// An event of the enforce loop, published once the node's marks are written.
+    pub async fn on_event(&mut self, e: &Event, now: Instant) {
+        self.queue.push(event_for(e));
+        self.step(now).await;
+    }
+
+    /// A retry or a heartbeat is due.
+    pub async fn on_timer(&mut self, now: Instant) {
+        self.step(now).await;
+    }
+
+    /// When [`Gate::on_timer`] should run next.
+    pub fn next_wake(&self, now: Instant) -> Instant {
+        if let Some(at) = self.retry_at {
+            return at;
+        }
+        let last = self
+            .node
+            .as_ref()
+            .and_then(our_condition)
+            .and_then(|c| c.last_heartbeat_time.as_ref())
+            .map(|t| t.0);
+        let wait = match last {
+            Some(t) => {
+                let age = Timestamp::now().duration_since(t).unsigned_abs();
+                self.opts
+                    .heartbeat
+                    .saturating_sub(age)
+                    .max(Duration::from_millis(100))
+            }
+            None => self.opts.heartbeat,
+        };
+        now + wait
+    }
+
+    /// Graceful stop: the condition says Unknown / AgentStopped; label and taint stay, so a
+    /// rolling update does not flap scheduling. One attempt, bounded by the request timeout.
+    pub async fn on_stop(&mut self) {
+        let stopped = condition_update(
+            self.node.as_ref().and_then(our_condition),
+            "Unknown",
+            Reason::AgentStopped,
+            "redis-node-tuner stopped; kernel settings, label and taint are left as they were",
+            Timestamp::now(),
+            Duration::ZERO,
+        );
+        if let Some(c) = stopped {
+            match self.api.patch_condition(&c).await {
+                Ok(_) => tracing::info!("condition set to Unknown/AgentStopped"),
+                Err(e) => tracing::warn!(error = %e, "cannot write AgentStopped"),
+            }
+        }
+    }
+
+    async fn step(&mut self, now: Instant) {
+        if self.retry_at.is_some_and(|t| now < t) {
+            return;
+        }
+        let (Some(report), Some(_)) = (self.report.clone(), self.node.as_ref()) else {
+            return;
+        };
+        let result = match self.sync(&report).await {
+            Ok(()) => self.flush_events().await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                if let Some(o) = self.outage.take() {
+                    tracing::info!(
+                        down_ms = o.since.elapsed().as_millis() as u64,
+                        retries = o.retries,
+                        "Kubernetes API reachable again; node marks written"
+                    );
+                }
+                self.retry.reset();
+                self.retry_at = None;
+                if report.ready && !self.ready_logged {
+                    self.ready_logged = true;
+                    tracing::info!(
+                        since_start_ms = self.started.elapsed().as_millis() as u64,
+                        "node marked ready: label set, taint removed, condition True"
+                    );
+                }
+            }
+            Err(e) => {
+                let delay = self.retry.next_delay();
+                self.retry_at = Some(now + delay);
+                match &mut self.outage {
+                    Some(o) => {
+                        o.retries += 1;
+                        tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot update the node; retrying");
+                    }
+                    None => {
+                        tracing::warn!(error = %e, "cannot update the node; retrying with backoff until the API answers");
+                        self.outage = Some(Outage {
+                            since: now,
+                            retries: 0,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Brings the node's marks to what `report` says. Writes only what differs: label, then
+    /// taint, then condition.
+    async fn sync(&mut self, report: &Report) -> Result<(), GateError> {
+        let Some(node) = self.node.clone() else {
+            return Ok(());
+        };
+        let want = desired_marks(report);
+        if !label_matches(&node, want.label) {
+            let mut n = self.api.apply_label(want.label).await?;
+            if !want.label
+                && n.metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(LABEL))
+            {
+                // Another manager's copy of the label: absent must really be absent.
+                n = self.api.remove_label().await?;
+            }
+            self.node = Some(n);
+        }
+        // With the taint turned off (`none`) it is never added, and removed if present.
+        let ours = if want.taint {
+            self.opts.taint_effect.as_deref()
+        } else {
+            None
+        };
+        if let Some(n) = &self.node
+            && taints_with(taints(n), ours).is_some()
+        {
+            self.node = Some(self.api.set_taint(Some(n), ours).await?);
+        }
+        if let Some(c) = condition_update(
+            self.node.as_ref().and_then(our_condition),
+            want.status,
+            want.reason,
+            &want.message,
+            Timestamp::now(),
+            self.opts.heartbeat,
+        ) {
+            self.node = Some(self.api.patch_condition(&c).await?);
+        }
+        if self.was_ready != Some(report.ready) {
+            if report.ready {
+                self.queue.push(node_ready());
+            }
+            self.was_ready = Some(report.ready);
+        }
+        Ok(())
+    }
+
+    /// Publishes queued events in order; stops at the first failure (kept for the retry).
+    async fn flush_events(&mut self) -> Result<(), GateError> {
+        let uid = self.node.as_ref().and_then(|n| n.metadata.uid.clone());
+        while let Some(e) = self.queue.pop() {
+            if let Err(err) = self.api.publish(&e, uid.as_deref()).await {
+                self.queue.unpop(e);
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Exact request sequences of the gate's transitions, against a recording [`NodeApi`].
+
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    use k8s_openapi::api::core::v1::{NodeCondition, NodeSpec, NodeStatus, Pod, Taint};
+    use kube::runtime::events::Event as KEvent;
+
+    use super::*;
+    use crate::agent::{FailureKind, KnobReport};
+    use crate::k8s::marks::tests::{knob, report};
+    use crate::k8s::{CONDITION, TAINT_KEY};
+    use crate::profile::Mode;
+
+    /// What the fake does with the next request.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Fault {
+        Conflict,
+        Timeout,
+    }
+
+    /// A Node held in memory; every request is recorded as one line.
+    #[derive(Default)]
+    struct Fake {
+        node: RefCell<Node>,
+        log: RefCell<Vec<String>>,
+        faults: RefCell<VecDeque<Fault>>,
+        /// Another writer's taint, added between the agent's read and its write.
+        sneak_in: RefCell<Option<Taint>>,
+    }
+
+    impl Fake {
+        fn with_node(taints: Vec<Taint>) -> Fake {
+            let node = Node {
+                metadata: kube::api::ObjectMeta {
+                    name: Some("n1".into()),
+                    resource_version: Some("1".into()),
+                    ..Default::default()
+                },
+                spec: Some(NodeSpec {
+                    taints: Some(taints),
+                    ..Default::default()
+                }),
+                status: Some(NodeStatus::default()),
+            };
+            Fake {
+                node: RefCell::new(node),
+                ..Fake::default()
+            }
+        }
+
+        fn take_log(&self) -> Vec<String> {
+            std::mem::take(&mut self.log.borrow_mut())
+        }
+
+        fn bump(&self) -> Node {
+            let mut n = self.node.borrow_mut();
+            let rv: u64 = n
+                .metadata
+                .resource_version
+                .as_deref()
+                .unwrap_or("0")
+                .parse()
+                .unwrap_or(0);
+            n.metadata.resource_version = Some((rv + 1).to_string());
+            n.clone()
+        }
+
+        fn request(&self, line: String) -> Result<(), GateError> {
+            self.log.borrow_mut().push(line);
+            match self.faults.borrow_mut().pop_front() {
+                None => Ok(()),
+                Some(Fault::Conflict) => Err(GateError::Conflict {
+                    node: "n1".into(),
+                    attempts: 1,
+                }),
+                Some(Fault::Timeout) => Err(GateError::Timeout {
+                    node: "n1".into(),
+                    verb: "test",
+                    after: Duration::from_secs(10),
+                }),
+            }
+        }
+
+        fn taint_keys(&self) -> Vec<String> {
+            taints(&self.node.borrow())
+                .iter()
+                .map(|t| format!("{}:{}", t.key, t.effect))
+                .collect()
+        }
+    }
+
+    impl NodeApi for Fake {
+        async fn get(&self) -> Result<Node, GateError> {
+            self.request("get".into())?;
+            Ok(self.node.borrow().clone())
+        }
+        async fn apply_label(&self, on: bool) -> Result<Node, GateError> {
+            self.request(format!("apply label={on}"))?;
+            {
+                let mut n = self.node.borrow_mut();
+                let labels = n.metadata.labels.get_or_insert_default();
+                if on {
+                    labels.insert(LABEL.into(), "true".into());
+                } else {
+                    labels.remove(LABEL);
+                }
+            }
+            Ok(self.bump())
+        }
+        async fn remove_label(&self) -> Result<Node, GateError> {
+            self.request("remove label".into())?;
+            Ok(self.bump())
+        }
+        async fn put_taints(&self, rv: Option<&str>, t: &[Taint]) -> Result<Node, GateError> {
+            let keys: Vec<String> = t
+                .iter()
+                .map(|t| format!("{}:{}", t.key, t.effect))
+                .collect();
+            if let Some(other) = self.sneak_in.borrow_mut().take() {
+                self.node
+                    .borrow_mut()
+                    .spec
+                    .get_or_insert_default()
+                    .taints
+                    .get_or_insert_default()
+                    .push(other);
+                self.bump();
+            }
+            let current = self.node.borrow().metadata.resource_version.clone();
+            if rv != current.as_deref() {
+                self.log
+                    .borrow_mut()
+                    .push(format!("taints rv={} {keys:?} -> 409", rv.unwrap_or("-")));
+                return Err(GateError::Conflict {
+                    node: "n1".into(),
+                    attempts: 1,
+                });
+            }
+            self.request(format!("taints rv={} {keys:?}", rv.unwrap_or("-")))?;
+            self.node.borrow_mut().spec.get_or_insert_default().taints = Some(t.to_vec());
+            Ok(self.bump())
+        }
+        async fn patch_condition(&self, c: &NodeCondition) -> Result<Node, GateError> {
+            self.request(format!(
+                "condition {}/{}",
+                c.status,
+                c.reason.as_deref().unwrap_or_default()
+            ))?;
+            {
+                let mut n = self.node.borrow_mut();
+                let conds = n
+                    .status
+                    .get_or_insert_default()
+                    .conditions
+                    .get_or_insert_default();
+                conds.retain(|x| x.type_ != CONDITION);
+                conds.push(c.clone());
+            }
+            Ok(self.bump())
+        }
+        async fn delete_condition(&self) -> Result<Node, GateError> {
+            self.request("delete condition".into())?;
+            Ok(self.bump())
+        }
+        async fn publish(&self, e: &KEvent, _: Option<&str>) -> Result<(), GateError> {
+            self.request(format!("event {}", e.reason))
+        }
+        async fn get_pod(&self, _: &str, _: &str) -> Result<Pod, GateError> {
+            self.request("get pod".into())?;
+            Ok(Pod::default())
+        }
+    }
+
+    fn opts() -> GateOptions {
+        GateOptions {
+            node_name: "n1".into(),
+            taint_effect: Some("NoSchedule".into()),
+            heartbeat: Duration::from_secs(300),
+            pod: None,
+            request_timeout: Duration::from_secs(10),
+            watch_timeout: Duration::from_secs(290),
+        }
+    }
+
+    fn ours(effect: &str) -> Taint {
+        Taint {
+            key: TAINT_KEY.into(),
+            effect: effect.into(),
+            value: None,
+            time_added: None,
+        }
+    }
+
+    fn untuned() -> Arc<Report> {
+        Arc::new(report(
+            false,
+            vec![knob(
+                "thp.enabled",
+                "always",
+                false,
+                Some("read-only file system"),
+            )],
+        ))
+    }
+
+    fn tuned() -> Arc<Report> {
+        Arc::new(report(true, vec![knob("thp.enabled", "never", true, None)]))
+    }
+
+    fn drift_events() -> [Event; 2] {
+        [
+            Event::DriftDetected {
+                knob: "thp.enabled".into(),
+                desired: "never".into(),
+                actual: "always".into(),
+                mode: Mode::Enforce,
+            },
+            Event::Corrected {
+                knob: "thp.enabled".into(),
+                from: "always".into(),
+                to: "never".into(),
+            },
+        ]
+    }
+
+    async fn started(fake: Fake, r: Arc<Report>) -> (Gate<Fake>, Instant) {
+        let t0 = Instant::now();
+        let mut g = Gate::new(fake, opts(), t0);
+        g.on_report(r, t0).await;
+        assert!(
+            g.api.take_log().is_empty(),
+            "nothing before the node is known"
+        );
+        let node = g.api.node.borrow().clone();
+        g.on_node(Some(node), t0).await;
+        (g, t0)
+    }
+
+    #[tokio::test]
+    async fn start_on_an_untuned_node_taints_it_and_says_why() {
+        let (g, _) = started(Fake::with_node(vec![]), untuned()).await;
+        assert_eq!(
+            g.api.take_log(),
+            [
+                "taints rv=1 [\"redis-node-tuner.io/not-ready:NoSchedule\"]",
+                "condition False/CorrectionFailed"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn start_on_a_tuned_tainted_node_marks_it_before_any_event() {
+        let other = Taint {
+            key: "dedicated".into(),
+            effect: "NoSchedule".into(),
+            value: Some("redis".into()),
+            time_added: None,
+        };
+        let (mut g, t0) = started(Fake::with_node(vec![other, ours("NoSchedule")]), tuned()).await;
+        assert_eq!(
+            g.api.take_log(),
+            [
+                "apply label=true",
+                "taints rv=2 [\"dedicated:NoSchedule\"]",
+                "condition True/AllSettingsInSync",
+                "event NodeReady",
+            ]
+        );
+        // Nothing changes: nothing is written.
+        g.on_report(tuned(), t0).await;
+        g.on_timer(t0).await;
+        assert!(g.api.take_log().is_empty());
+    }
+
+    #[tokio::test]
+    async fn drift_corrected_within_a_pass_is_two_events_and_no_mark_change() {
+        let (mut g, t0) = started(Fake::with_node(vec![]), tuned()).await;
+        g.api.take_log();
+        for e in drift_events() {
+            g.on_event(&e, t0).await;
+        }
+        g.on_report(tuned(), t0).await;
+        assert_eq!(
+            g.api.take_log(),
+            ["event DriftDetected", "event DriftCorrected"]
+        );
+    }
+
+    #[tokio::test]
+    async fn failure_then_recovery_flips_every_mark_back() {
+        let (mut g, t0) = started(Fake::with_node(vec![]), tuned()).await;
+        g.api.take_log();
+        g.on_event(
+            &Event::CorrectionFailed {
+                knob: "thp.enabled".into(),
+                error: "thp.enabled: read-only file system".into(),
+                kind: FailureKind::ReadOnly,
+            },
+            t0,
+        )
+        .await;
+        g.on_report(untuned(), t0).await;
+        assert_eq!(
+            g.api.take_log(),
+            [
+                "event CorrectionFailed",
+                "apply label=false",
+                "taints rv=5 [\"redis-node-tuner.io/not-ready:NoSchedule\"]",
+                "condition False/CorrectionFailed",
+            ]
+        );
+        g.on_report(tuned(), t0).await;
+        assert_eq!(
+            g.api.take_log(),
+            [
+                "apply label=true",
+                "taints rv=8 []",
+                "condition True/AllSettingsInSync",
+                "event NodeReady",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_conflict_rereads_and_keeps_the_other_writers_taint() {
+        let fake = Fake::with_node(vec![]);
+        let theirs = Taint {
+            key: "other".into(),
+            effect: "NoExecute".into(),
+            value: None,
+            time_added: None,
+        };
+        *fake.sneak_in.borrow_mut() = Some(theirs);
+        let (g, _) = started(fake, untuned()).await;
+        assert_eq!(
+            g.api.take_log(),
+            [
+                "taints rv=1 [\"redis-node-tuner.io/not-ready:NoSchedule\"] -> 409",
+                "get",
+                "taints rv=2 [\"other:NoExecute\", \"redis-node-tuner.io/not-ready:NoSchedule\"]",
+                "condition False/CorrectionFailed",
+            ]
+        );
+        assert_eq!(
+            g.api.taint_keys(),
+            [
+                "other:NoExecute",
+                "redis-node-tuner.io/not-ready:NoSchedule"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_api_outage_backs_off_then_catches_up_with_the_latest_report() {
+        let fake = Fake::with_node(vec![ours("NoSchedule")]);
+        fake.faults.borrow_mut().extend([Fault::Timeout]);
+        let (mut g, t0) = started(fake, tuned()).await;
+        assert_eq!(g.api.take_log(), ["apply label=true"]);
+        let retry = g.next_wake(t0);
+        assert!(
+            retry > t0 && retry <= t0 + RETRY_START.mul_f64(1.2),
+            "{:?}",
+            retry - t0
+        );
+        // Reports during the backoff write nothing.
+        g.on_report(tuned(), t0 + Duration::from_millis(10)).await;
+        g.on_event(&drift_events()[0], t0 + Duration::from_millis(10))
+            .await;
+        assert!(g.api.take_log().is_empty());
+        // Due: everything is written, marks first, then the events.
+        g.on_timer(retry).await;
+        assert_eq!(
+            g.api.take_log(),
+            [
+                "apply label=true",
+                "taints rv=2 []",
+                "condition True/AllSettingsInSync",
+                "event NodeReady",
+                "event DriftDetected",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lagging_watch_event_does_not_replace_the_agents_newer_write() {
+        let fake = Fake::with_node(vec![ours("NoSchedule")]);
+        let stale = fake.node.borrow().clone();
+        let (mut g, t0) = started(fake, tuned()).await;
+        g.api.take_log();
+        g.on_node(Some(stale), t0).await;
+        assert!(
+            g.api.take_log().is_empty(),
+            "a stale view must not cause writes"
+        );
+        g.on_report(untuned(), t0).await;
+        let log = g.api.take_log();
+        assert!(log.iter().all(|l| !l.ends_with("409")), "{log:?}");
+    }
+
+    #[tokio::test]
+    async fn stop_writes_agent_stopped_and_leaves_label_and_taint() {
+        let (mut g, _) = started(Fake::with_node(vec![]), untuned()).await;
+        g.api.take_log();
+        g.on_stop().await;
+        assert_eq!(g.api.take_log(), ["condition Unknown/AgentStopped"]);
+        assert_eq!(
+            g.api.taint_keys(),
+            ["redis-node-tuner.io/not-ready:NoSchedule"]
+        );
+    }
+
+    #[tokio::test]
+    async fn heartbeat_rewrites_the_condition_when_due() {
+        let (mut g, t0) = started(Fake::with_node(vec![]), tuned()).await;
+        g.api.take_log();
+        // Age the condition past the heartbeat.
+        {
+            let mut n = g.node.take().unwrap_or_default();
+            for c in n
+                .status
+                .get_or_insert_default()
+                .conditions
+                .get_or_insert_default()
+            {
+                c.last_heartbeat_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Timestamp::now() - Duration::from_secs(301),
+                ));
+            }
+            g.node = Some(n);
+        }
+        assert!(g.next_wake(t0) <= t0 + Duration::from_millis(100));
+        g.on_timer(t0).await;
+        assert_eq!(g.api.take_log(), ["condition True/AllSettingsInSync"]);
+    }
+
+    #[allow(dead_code)]
+    fn _unused(_: KnobReport) {}
+}

@@ -1,0 +1,436 @@
+//! Pure decisions: the label, taint and condition a node should carry for a [`Report`].
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, NodeCondition, Taint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use super::{CONDITION, LABEL, TAINT_KEY};
+use crate::agent::Report;
+use crate::profile::Mode;
+
+/// Why the condition is what it is (the condition's `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Every setting is in sync.
+    AllSettingsInSync,
+    /// Ready, but an audit-mode setting is out of sync (audit settings never gate readiness).
+    AuditDrift,
+    /// Ready after correcting, but a setting needed correcting on consecutive passes:
+    /// something keeps rewriting it.
+    Contested,
+    /// An enforce-mode setting is out of sync and could not be corrected (or read).
+    CorrectionFailed,
+    /// The agent stopped (SIGTERM).
+    AgentStopped,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::AllSettingsInSync => "AllSettingsInSync",
+            Reason::AuditDrift => "AuditDrift",
+            Reason::Contested => "Contested",
+            Reason::CorrectionFailed => "CorrectionFailed",
+            Reason::AgentStopped => "AgentStopped",
+        }
+    }
+}
+
+/// The marks the node should carry for a report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marks {
+    pub label: bool,
+    pub taint: bool,
+    pub status: &'static str,
+    pub reason: Reason,
+    pub message: String,
+}
+
+fn list<'a>(knobs: impl Iterator<Item = &'a crate::agent::KnobReport>) -> String {
+    knobs
+        .map(|k| {
+            format!(
+                "{}={} (want {})",
+                k.name,
+                k.actual.as_deref().unwrap_or("unreadable"),
+                k.desired
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What the node should show for `report`. Messages hold values, never error details (which
+/// change between retries), so an unchanged node costs no API write.
+pub fn desired_marks(report: &Report) -> Marks {
+    if !report.ready {
+        return Marks {
+            label: false,
+            taint: true,
+            status: "False",
+            reason: Reason::CorrectionFailed,
+            message: format!("not in sync: {}", list(report.failing())),
+        };
+    }
+    let contested: Vec<&str> = report
+        .settings
+        .iter()
+        .filter(|k| k.contested)
+        .map(|k| k.name.as_str())
+        .collect();
+    let (reason, message) = if !contested.is_empty() {
+        (
+            Reason::Contested,
+            format!(
+                "in sync, but rewritten by something else on every pass and corrected: {}",
+                contested.join(", ")
+            ),
+        )
+    } else {
+        let audit = report
+            .settings
+            .iter()
+            .filter(|k| k.mode == Mode::Audit && !k.in_sync);
+        let text = list(audit);
+        if text.is_empty() {
+            (
+                Reason::AllSettingsInSync,
+                "every enforce-mode kernel setting is in sync".to_string(),
+            )
+        } else {
+            (
+                Reason::AuditDrift,
+                format!(
+                    "every enforce-mode kernel setting is in sync; audit only, not in sync: {text}"
+                ),
+            )
+        }
+    };
+    Marks {
+        label: true,
+        taint: false,
+        status: "True",
+        reason,
+        message,
+    }
+}
+
+/// The agent's condition on a node, if any.
+pub fn our_condition(node: &Node) -> Option<&NodeCondition> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == CONDITION))
+}
+
+/// Whether the node's label matches `want` (`true` present, or absent altogether).
+pub fn label_matches(node: &Node, want: bool) -> bool {
+    let value = node.metadata.labels.as_ref().and_then(|l| l.get(LABEL));
+    if want {
+        value.is_some_and(|v| v == "true")
+    } else {
+        value.is_none()
+    }
+}
+
+/// The node's taints.
+pub fn taints(node: &Node) -> &[Taint] {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or_default()
+}
+
+/// The node's taint list with ours added or removed; `None` when nothing changes. Every other
+/// taint is kept as it is.
+pub fn taints_with(current: &[Taint], ours: Option<&str>) -> Option<Vec<Taint>> {
+    let mut next: Vec<Taint> = current
+        .iter()
+        .filter(|t| t.key != TAINT_KEY)
+        .cloned()
+        .collect();
+    if let Some(effect) = ours {
+        next.push(Taint {
+            key: TAINT_KEY.into(),
+            effect: effect.into(),
+            value: None,
+            time_added: None,
+        });
+    }
+    let same = next.len() == current.len()
+        && current.iter().all(|t| {
+            t.key != TAINT_KEY || ours.is_some_and(|e| t.effect == e && t.value.is_none())
+        });
+    (!same).then_some(next)
+}
+
+/// The condition to write, or `None` when the node already shows it and no heartbeat is due.
+/// `lastTransitionTime` is kept unless the status changes.
+pub fn condition_update(
+    existing: Option<&NodeCondition>,
+    status: &str,
+    reason: Reason,
+    message: &str,
+    now: Timestamp,
+    heartbeat: Duration,
+) -> Option<NodeCondition> {
+    let same = existing.is_some_and(|c| {
+        c.status == status
+            && c.reason.as_deref() == Some(reason.as_str())
+            && c.message.as_deref() == Some(message)
+    });
+    let heartbeat_due = existing
+        .and_then(|c| c.last_heartbeat_time.as_ref())
+        .is_none_or(|t| now.duration_since(t.0).unsigned_abs().ge(&heartbeat));
+    if same && !heartbeat_due {
+        return None;
+    }
+    let transition = match existing {
+        Some(c) if c.status == status => c.last_transition_time.clone().unwrap_or(Time(now)),
+        _ => Time(now),
+    };
+    Some(NodeCondition {
+        type_: CONDITION.into(),
+        status: status.into(),
+        reason: Some(reason.as_str().into()),
+        message: Some(truncate(message, MESSAGE_MAX).into()),
+        last_heartbeat_time: Some(Time(now)),
+        last_transition_time: Some(transition),
+    })
+}
+
+/// Longest condition message and event note written (the API limits notes to 1 kB).
+pub const MESSAGE_MAX: usize = 1000;
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Whether `candidate` is older than `known` by resourceVersion. Resource versions are opaque,
+/// but within one object they come from etcd's revision counter: compared numerically when both
+/// parse, otherwise never called older (an unknown format is taken as news).
+pub fn is_older(candidate: &Node, known: &Node) -> bool {
+    let rv = |n: &Node| {
+        n.metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    matches!((rv(candidate), rv(known)), (Some(c), Some(k)) if c < k)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::agent::KnobReport;
+    use crate::reconcile::StateKind;
+
+    pub(crate) fn knob(name: &str, actual: &str, in_sync: bool, error: Option<&str>) -> KnobReport {
+        KnobReport {
+            name: name.into(),
+            setting: name.into(),
+            desired: "1".into(),
+            actual: Some(actual.into()),
+            in_sync,
+            mode: Mode::Enforce,
+            state: if in_sync {
+                StateKind::InSync
+            } else {
+                StateKind::Drift
+            },
+            error: error.map(String::from),
+            contested: false,
+            desired_number: None,
+            actual_number: None,
+        }
+    }
+
+    pub(crate) fn report(ready: bool, settings: Vec<KnobReport>) -> Report {
+        Report {
+            ready,
+            netns: String::new(),
+            settings,
+            journal: None,
+        }
+    }
+
+    #[test]
+    fn marks_follow_readiness_with_stable_messages() {
+        let m = desired_marks(&report(
+            true,
+            vec![knob("vm.overcommit_memory", "1", true, None)],
+        ));
+        assert_eq!(
+            (m.label, m.taint, m.status, m.reason),
+            (true, false, "True", Reason::AllSettingsInSync)
+        );
+        let a = desired_marks(&report(
+            false,
+            vec![knob("vm.overcommit_memory", "0", false, Some("EROFS"))],
+        ));
+        let b = desired_marks(&report(
+            false,
+            vec![knob(
+                "vm.overcommit_memory",
+                "0",
+                false,
+                Some("EROFS (retrying with backoff)"),
+            )],
+        ));
+        assert_eq!(
+            (a.label, a.taint, a.status, a.reason),
+            (false, true, "False", Reason::CorrectionFailed)
+        );
+        assert_eq!(a.message, "not in sync: vm.overcommit_memory=0 (want 1)");
+        assert_eq!(a, b, "error details must not change the condition");
+    }
+
+    #[test]
+    fn audit_drift_and_contested_keep_the_node_ready_but_say_so() {
+        let mut audit = knob("vm.swappiness", "60", false, None);
+        audit.mode = Mode::Audit;
+        audit.desired = "10".into();
+        let m = desired_marks(&report(
+            true,
+            vec![knob("vm.overcommit_memory", "1", true, None), audit.clone()],
+        ));
+        assert_eq!(
+            (m.label, m.taint, m.status, m.reason),
+            (true, false, "True", Reason::AuditDrift)
+        );
+        assert!(m.message.ends_with("vm.swappiness=60 (want 10)"), "{m:?}");
+        let mut fought = knob("thp.enabled", "never", true, None);
+        fought.contested = true;
+        let m = desired_marks(&report(true, vec![fought, audit]));
+        assert_eq!((m.status, m.reason), ("True", Reason::Contested));
+        assert!(m.message.ends_with(": thp.enabled"), "{m:?}");
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        // A knob holding 512 bytes of 0xFF reads as 512 U+FFFD (3 bytes each).
+        let note = format!("x{}", "\u{fffd}".repeat(512));
+        let t = truncate(&note, MESSAGE_MAX);
+        assert!(
+            t.len() <= MESSAGE_MAX && t.len() >= MESSAGE_MAX - 3,
+            "{}",
+            t.len()
+        );
+        assert!(note.starts_with(t));
+        assert_eq!(truncate("short", MESSAGE_MAX), "short");
+    }
+
+    fn taint(key: &str, effect: &str) -> Taint {
+        Taint {
+            key: key.into(),
+            effect: effect.into(),
+            value: None,
+            time_added: None,
+        }
+    }
+
+    #[test]
+    fn taints_keep_everyone_elses() {
+        let other = taint("dedicated", "NoSchedule");
+        let ours = taint(TAINT_KEY, "NoSchedule");
+        assert_eq!(
+            taints_with(std::slice::from_ref(&other), Some("NoSchedule")),
+            Some(vec![other.clone(), ours.clone()])
+        );
+        assert_eq!(
+            taints_with(&[other.clone(), ours.clone()], Some("NoSchedule")),
+            None
+        );
+        assert_eq!(
+            taints_with(&[ours.clone(), other.clone()], None),
+            Some(vec![other.clone()])
+        );
+        assert_eq!(taints_with(std::slice::from_ref(&other), None), None);
+        // A different effect of ours is replaced.
+        assert_eq!(
+            taints_with(&[taint(TAINT_KEY, "NoExecute")], Some("NoSchedule")),
+            Some(vec![ours])
+        );
+    }
+
+    #[test]
+    fn condition_keeps_transition_time_and_heartbeats() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap_or_default();
+        let hb = Duration::from_secs(300);
+        let failed = Reason::CorrectionFailed;
+        let first = condition_update(None, "False", failed, "m", t0, hb)
+            .unwrap_or_else(|| panic!("first write"));
+        assert_eq!(first.last_transition_time, Some(Time(t0)));
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(
+            condition_update(Some(&first), "False", failed, "m", t1, hb),
+            None
+        );
+        let msg = condition_update(Some(&first), "False", failed, "m2", t1, hb)
+            .unwrap_or_else(|| panic!("message change"));
+        assert_eq!(
+            msg.last_transition_time,
+            Some(Time(t0)),
+            "same status keeps transition time"
+        );
+        let flip = condition_update(
+            Some(&first),
+            "True",
+            Reason::AllSettingsInSync,
+            "ok",
+            t1,
+            hb,
+        )
+        .unwrap_or_else(|| panic!("flip"));
+        assert_eq!(flip.last_transition_time, Some(Time(t1)));
+        let t2 = t0 + Duration::from_secs(301);
+        let beat = condition_update(Some(&first), "False", failed, "m", t2, hb)
+            .unwrap_or_else(|| panic!("heartbeat"));
+        assert_eq!(
+            (beat.last_heartbeat_time, beat.last_transition_time),
+            (Some(Time(t2)), Some(Time(t0)))
+        );
+    }
+
+    #[test]
+    fn label_must_be_true_or_absent() {
+        let node = |v: Option<&str>| {
+            let mut n = Node::default();
+            if let Some(v) = v {
+                n.metadata.labels = Some([(LABEL.to_string(), v.to_string())].into());
+            }
+            n
+        };
+        assert!(label_matches(&node(Some("true")), true));
+        assert!(!label_matches(&node(Some("false")), true));
+        assert!(!label_matches(&node(None), true));
+        assert!(label_matches(&node(None), false));
+        assert!(
+            !label_matches(&node(Some("false")), false),
+            "a stray value is removed too"
+        );
+    }
+
+    #[test]
+    fn older_resource_versions_are_recognised() {
+        let node = |rv: &str| {
+            let mut n = Node::default();
+            n.metadata.resource_version = Some(rv.into());
+            n
+        };
+        assert!(is_older(&node("9"), &node("10")));
+        assert!(!is_older(&node("10"), &node("10")));
+        assert!(!is_older(&node("11"), &node("10")));
+        assert!(!is_older(&node("x"), &node("10")));
+    }
+}

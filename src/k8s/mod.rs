@@ -1,0 +1,401 @@
+//! Kubernetes node gate: the agent's label, startup taint, node condition and events on its own
+//! Node. A reporter of the enforce loop's [`Report`]s: the kernel loop never waits for it, so
+//! API failures never stop enforcement.
+//!
+//! - [`marks`]: pure: the label, taint and condition a report asks for;
+//! - [`node_api`]: the requests (timeouts, field manager, counting, taint compare-and-swap);
+//! - [`events`]: Kubernetes events and their bounded queue;
+//! - [`host_network`]: facts from the agent's own Pod (host networking, own-taint toleration);
+//! - [`gate`]: the state machine driven by reports, Node updates, events and timers;
+//! - this file: options, the client, the task that drives the gate, and `cleanup`.
+
+pub mod events;
+pub mod gate;
+pub mod host_network;
+pub mod marks;
+pub mod node_api;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::WatchEvent;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use tokio::sync::{mpsc, watch};
+
+use crate::agent::{Event, Report};
+use crate::backoff::{Backoff, jittered};
+use crate::metrics::Metrics;
+use gate::{Gate, RETRY_MAX, RETRY_START};
+use host_network::PodFacts;
+use marks::our_condition;
+use node_api::{KubeNodeApi, NodeApi};
+
+/// The label set while the node is Redis-ready.
+pub const LABEL: &str = "redis-node-tuner.io/ready";
+/// The taint held while the node is not Redis-ready.
+pub const TAINT_KEY: &str = "redis-node-tuner.io/not-ready";
+/// The node condition type.
+pub const CONDITION: &str = "RedisKernelTuned";
+/// Field manager of every write.
+pub const MANAGER: &str = "redis-node-tuner";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("kubeconfig {path}: {message}")]
+    Kubeconfig { path: PathBuf, message: String },
+    #[error("no kubeconfig and no in-cluster config: {0}")]
+    InCluster(String),
+    #[error("Kubernetes client: {0}")]
+    Client(String),
+    #[error("node {node}: {source}")]
+    Api {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("node {node}: {verb} request got no answer within {after:?} (--kube-timeout)")]
+    Timeout {
+        node: String,
+        verb: &'static str,
+        after: Duration,
+    },
+    #[error("node {node}: taint update conflicted after {attempts} attempt(s)")]
+    Conflict { node: String, attempts: u32 },
+    #[error(
+        "--taint-effect {effect}: the agent's own pod {pod} does not tolerate taint {TAINT_KEY}:{effect}, so the taint would evict or block the agent itself; tolerate {TAINT_KEY} with operator Exists and no effect (as deploy/base does), or choose another effect"
+    )]
+    Intolerant { pod: String, effect: String },
+}
+
+impl GateError {
+    /// Whether the error is the API server's 404.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, GateError::Api { source: kube::Error::Api(s), .. } if s.code == 404)
+    }
+}
+
+/// How the gate is configured.
+#[derive(Debug, Clone)]
+pub struct GateOptions {
+    pub node_name: String,
+    /// `None`: the taint is off.
+    pub taint_effect: Option<String>,
+    pub heartbeat: Duration,
+    /// The agent's own Pod (namespace, name), to prove host networking.
+    pub pod: Option<(String, String)>,
+    /// Bound of every API request.
+    pub request_timeout: Duration,
+    /// The Node watch is renewed after about this long (±10 %), and re-established when nothing
+    /// arrives for this long plus the request timeout.
+    pub watch_timeout: Duration,
+}
+
+/// Builds a client from a kubeconfig file, or else from $KUBECONFIG, ~/.kube/config or the
+/// in-cluster service account.
+pub async fn client(
+    kubeconfig: Option<&std::path::Path>,
+    request_timeout: Duration,
+) -> Result<Client, GateError> {
+    let mut config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|e| GateError::Kubeconfig {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| GateError::Kubeconfig {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?
+        }
+        // $KUBECONFIG or ~/.kube/config when present, else the in-cluster service account.
+        None => Config::infer()
+            .await
+            .map_err(|e| GateError::InCluster(e.to_string()))?,
+    };
+    config.connect_timeout = Some(request_timeout);
+    Client::try_from(config).map_err(|e| GateError::Client(e.to_string()))
+}
+
+/// Whether the agent runs in a pod (in-cluster config available).
+pub fn in_cluster() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+}
+
+/// The gate, ready to run: its client and what is known of the agent's own Pod.
+pub struct Prepared {
+    api: KubeNodeApi,
+    opts: GateOptions,
+    /// What one GET of the agent's Pod showed at start (`None`: not configured or not readable
+    /// yet; the gate keeps trying in the background).
+    pub pod: Option<PodFacts>,
+}
+
+/// Builds the client and reads the agent's own Pod once (bounded by the request timeout). A Pod
+/// that does not tolerate the agent's own taint is an error: the agent must not start.
+pub async fn prepare(
+    kubeconfig: Option<&std::path::Path>,
+    opts: GateOptions,
+    metrics: Arc<Metrics>,
+) -> Result<Prepared, GateError> {
+    let client = client(kubeconfig, opts.request_timeout).await?;
+    let api = KubeNodeApi::new(client, &opts.node_name, opts.request_timeout, metrics);
+    let mut pod = None;
+    if let Some((ns, name)) = &opts.pod {
+        match api.get_pod(ns, name).await {
+            Ok(p) => {
+                let facts = PodFacts::of(&p, opts.taint_effect.as_deref());
+                check_tolerated(&facts, &opts)?;
+                pod = Some(facts);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the agent's own pod yet; retrying in the background")
+            }
+        }
+    }
+    Ok(Prepared { api, opts, pod })
+}
+
+fn check_tolerated(facts: &PodFacts, opts: &GateOptions) -> Result<(), GateError> {
+    match &opts.taint_effect {
+        Some(effect) if !facts.tolerates_own_taint => Err(GateError::Intolerant {
+            pod: facts.pod.clone(),
+            effect: effect.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Channels between the enforce loop and the gate.
+pub struct GateInputs {
+    pub reports: watch::Receiver<Option<Arc<Report>>>,
+    pub events: mpsc::Receiver<Event>,
+    pub stop: watch::Receiver<bool>,
+    /// Called once host networking is proven from the agent's Pod.
+    pub on_host_network: Option<Box<dyn FnOnce(String) + Send>>,
+}
+
+enum Input {
+    Report(Arc<Report>),
+    Event(Event),
+    Node(Option<Node>),
+    Pod(PodFacts),
+    Timer,
+}
+
+/// Drives the gate until `inputs.stop` turns true, then writes the condition Unknown /
+/// AgentStopped. Returns an error only when the agent must stop (its Pod does not tolerate its
+/// taint) or the Node watch task died.
+pub async fn run(prepared: Prepared, mut inputs: GateInputs) -> Result<(), GateError> {
+    let Prepared { api, opts, pod } = prepared;
+    let mut on_host_network = inputs.on_host_network.take();
+    if let Some(proof) = pod.as_ref().and_then(PodFacts::proof)
+        && let Some(f) = on_host_network.take()
+    {
+        f(proof);
+    }
+    let (pod_tx, mut pod_rx) = mpsc::channel(1);
+    let pod_task = match (&opts.pod, &pod) {
+        (Some((ns, name)), None) => Some(tokio::spawn(read_own_pod(
+            api.clone(),
+            ns.clone(),
+            name.clone(),
+            opts.taint_effect.clone(),
+            pod_tx,
+        ))),
+        _ => None,
+    };
+    let (node_tx, mut node_rx) = mpsc::channel(16);
+    let watch_task = tokio::spawn(watch_node(api.clone(), opts.watch_timeout, node_tx));
+    let mut gate = Gate::new(api, opts.clone(), Instant::now());
+    let mut result = Ok(());
+    loop {
+        let wake = tokio::time::Instant::from_std(gate.next_wake(Instant::now()));
+        let input = tokio::select! {
+            changed = inputs.reports.changed() => {
+                if changed.is_err() { break; }
+                let r = inputs.reports.borrow_and_update().clone();
+                match r { Some(r) => Input::Report(r), None => continue }
+            }
+            e = inputs.events.recv() => match e { Some(e) => Input::Event(e), None => break },
+            n = node_rx.recv() => match n {
+                Some(n) => Input::Node(n),
+                None => {
+                    result = Err(GateError::Client("the Node watch task ended".into()));
+                    break;
+                }
+            },
+            Some(f) = pod_rx.recv() => Input::Pod(f),
+            _ = tokio::time::sleep_until(wake) => Input::Timer,
+            _ = inputs.stop.changed() => break,
+        };
+        let now = Instant::now();
+        // The stop signal interrupts a slow request (each is bounded anyway).
+        tokio::select! {
+            r = async {
+                match input {
+                    Input::Report(r) => gate.on_report(r, now).await,
+                    Input::Event(e) => gate.on_event(&e, now).await,
+                    Input::Node(n) => gate.on_node(n, now).await,
+                    Input::Timer => gate.on_timer(now).await,
+                    Input::Pod(facts) => {
+                        check_tolerated(&facts, &opts)?;
+                        if let (Some(proof), Some(f)) = (facts.proof(), on_host_network.take()) {
+                            f(proof);
+                        }
+                    }
+                }
+                Ok::<(), GateError>(())
+            } => if let Err(e) = r { result = Err(e); break; },
+            _ = inputs.stop.changed() => break,
+        }
+    }
+    watch_task.abort();
+    if let Some(t) = pod_task {
+        t.abort();
+    }
+    if result.is_ok() {
+        gate.on_stop().await;
+    }
+    result
+}
+
+/// Reads the agent's Pod until it answers (backoff), then hands over its facts.
+async fn read_own_pod(
+    api: KubeNodeApi,
+    ns: String,
+    name: String,
+    effect: Option<String>,
+    tx: mpsc::Sender<PodFacts>,
+) {
+    let mut backoff = Backoff::new(RETRY_START, RETRY_MAX, 0.2);
+    loop {
+        match api.get_pod(&ns, &name).await {
+            Ok(p) => {
+                let facts = PodFacts::of(&p, effect.as_deref());
+                if !facts.host_network {
+                    tracing::error!(pod = %facts.pod, "the agent's pod does not use hostNetwork: net.* settings stay unverified");
+                }
+                let _ = tx.send(facts).await;
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the agent's pod; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+/// Follows the Node: a GET, then a watch from its resourceVersion, renewed when the server ends
+/// it (resuming from the last version seen, bookmarks included) and re-established from a new
+/// GET after a 410 or when the connection stays silent past the bound.
+async fn watch_node(api: KubeNodeApi, watch_timeout: Duration, tx: mpsc::Sender<Option<Node>>) {
+    let mut backoff = Backoff::new(RETRY_START, RETRY_MAX, 0.2);
+    let mut rv: Option<String> = None;
+    loop {
+        let version = match &rv {
+            Some(v) => v.clone(),
+            None => match api.get().await {
+                Ok(n) => {
+                    let v = n.metadata.resource_version.clone().unwrap_or_default();
+                    if tx.send(Some(n)).await.is_err() {
+                        return;
+                    }
+                    backoff.reset();
+                    v
+                }
+                Err(e) => {
+                    if e.is_not_found() && tx.send(None).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            },
+        };
+        rv = Some(version.clone());
+        let secs = jittered(watch_timeout, 0.1).as_secs().max(1);
+        let idle = Duration::from_secs(secs) + api.timeout();
+        let mut stream = match api.watch(&version, secs as u32).await {
+            Ok(s) => s,
+            Err(_) => {
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+        };
+        loop {
+            match tokio::time::timeout(idle, stream.next()).await {
+                Err(_) => {
+                    api.count("watch", "timeout");
+                    tracing::warn!(
+                        silent_s = idle.as_secs(),
+                        "node watch got nothing (no event, bookmark or end) within its bound; re-establishing"
+                    );
+                    rv = None;
+                    break;
+                }
+                // The server ended the watch (its timeout): resume from the last version.
+                Ok(None) => break,
+                Ok(Some(Ok(WatchEvent::Added(n) | WatchEvent::Modified(n)))) => {
+                    rv = n.metadata.resource_version.clone();
+                    backoff.reset();
+                    if tx.send(Some(n)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(Ok(WatchEvent::Deleted(_)))) => {
+                    rv = None;
+                    if tx.send(None).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(Ok(WatchEvent::Bookmark(b)))) => {
+                    rv = Some(b.metadata.resource_version);
+                }
+                Ok(Some(Ok(WatchEvent::Error(e)))) => {
+                    // 410 Gone: the version is too old; start again from a GET.
+                    api.count("watch", if e.code == 410 { "gone" } else { "error" });
+                    rv = None;
+                    break;
+                }
+                Ok(Some(Err(e))) => {
+                    api.count("watch", "error");
+                    tracing::debug!(error = %e, "node watch failed; re-establishing");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Removes every mark of the agent from a node: label, taint (any effect), condition.
+pub async fn cleanup(
+    kubeconfig: Option<&std::path::Path>,
+    node_name: &str,
+    request_timeout: Duration,
+    metrics: Arc<Metrics>,
+) -> Result<(), GateError> {
+    let client = client(kubeconfig, request_timeout).await?;
+    let api = KubeNodeApi::new(client, node_name, request_timeout, metrics);
+    let node = api.get().await?;
+    if node
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(LABEL))
+    {
+        api.remove_label().await?;
+    }
+    api.set_taint(None, None).await?;
+    if our_condition(&node).is_some() {
+        api.delete_condition().await?;
+    }
+    Ok(())
+}
