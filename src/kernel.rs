@@ -51,10 +51,11 @@ impl Location {
         self.root == Root::Proc && self.rel.starts_with("sys/net/")
     }
 
-    fn sysctl(name: &str) -> Location {
+    /// The file of a sysctl (see [`crate::profile::sysctl_rel_path`]).
+    pub fn sysctl(name: &str) -> Location {
         Location {
             root: Root::Proc,
-            rel: format!("sys/{}", name.replace('.', "/")),
+            rel: format!("sys/{}", crate::profile::sysctl_rel_path(name)),
         }
     }
 }

@@ -143,7 +143,7 @@ fn bad_config_exits_2_names_every_problem_and_writes_nothing() {
             "sysctls[\"net.core.somaxconn\"].at_least = -5",
             "sysctls[\"../x.y\"]",
             "thp.enabled = \"sometimes\"",
-            "bogus: unknown key",
+            "bogus = 1: unknown key",
         ] {
             assert!(
                 out.stderr.contains(needle),
