@@ -293,9 +293,15 @@ fn type_name(v: &Value) -> &'static str {
 pub const THP_NAMESPACE: &str = "thp";
 
 /// The file of a sysctl below `/proc/sys` (e.g. `vm/overcommit_memory`): a knob's identity.
-/// Two names with the same path are the same knob.
+/// Two names with the same path are the same knob. As in sysctl(8), a name containing `/` is
+/// already a path and its dots are literal (`net/ipv4/conf/eth0.100/rp_filter`); otherwise dots
+/// separate the segments (`vm.overcommit_memory`).
 pub fn sysctl_rel_path(name: &str) -> String {
-    name.replace('.', "/")
+    if name.contains('/') {
+        name.to_string()
+    } else {
+        name.replace('.', "/")
+    }
 }
 
 /// Integer sysctls whose range the kernel enforces, by path below `/proc/sys`: (path, lowest,
@@ -310,8 +316,10 @@ const KNOWN_RANGES: &[(&str, i64, i64, &str)] = &[
     ),
 ];
 
-/// Checks a sysctl name: dotted segments of `[A-Za-z0-9_-]`, so it cannot escape /proc/sys,
-/// and not in the `thp` namespace of the THP settings.
+/// Checks a sysctl name, so it cannot escape /proc/sys: dotted segments of `[A-Za-z0-9_-]`
+/// (`vm.swappiness`), or the `/` form of sysctl(8) whose segments may also hold dots but are
+/// never empty, `.`, `..` or any other dots-only word, and never start with `/`
+/// (`net/ipv4/conf/eth0.100/rp_filter`). Not in the `thp` namespace of the THP settings.
 pub fn valid_sysctl_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("empty sysctl name");
@@ -320,7 +328,7 @@ pub fn valid_sysctl_name(name: &str) -> Result<(), &'static str> {
         return Err("names under thp. are THP settings, not sysctls: set them under thp:");
     }
     if name.contains('/') {
-        return Err("a sysctl name uses dots, and may not contain '/'");
+        return valid_sysctl_path(name);
     }
     for seg in name.split('.') {
         if seg.is_empty() {
@@ -335,6 +343,28 @@ pub fn valid_sysctl_name(name: &str) -> Result<(), &'static str> {
     }
     if !name.contains('.') {
         return Err("a sysctl name has at least two segments (e.g. vm.swappiness)");
+    }
+    Ok(())
+}
+
+/// The `/` form of a sysctl name (see [`valid_sysctl_name`]).
+fn valid_sysctl_path(name: &str) -> Result<(), &'static str> {
+    if name.starts_with('/') {
+        return Err("an absolute path: a sysctl name is relative to /proc/sys");
+    }
+    for seg in name.split('/') {
+        if seg.is_empty() {
+            return Err("empty segment ('//' or a trailing '/') could escape /proc/sys");
+        }
+        if seg.chars().all(|c| c == '.') {
+            return Err("a segment of only dots ('.', '..') could escape /proc/sys");
+        }
+        if !seg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        {
+            return Err("segments may contain only letters, digits, '_', '-' and '.'");
+        }
     }
     Ok(())
 }
@@ -919,17 +949,110 @@ thp:
     #[test]
     fn sysctl_names_cannot_escape() {
         for bad in [
-            "", "vm", "vm..x", ".vm.x", "vm.x.", "vm/x.y", "vm.x y", "vm.*",
+            "",
+            "vm",
+            "vm..x",
+            ".vm.x",
+            "vm.x.",
+            "vm.x y",
+            "vm.*",
+            "/etc/passwd",
+            "/proc/sys/vm/swappiness",
+            "net/../../etc/shadow",
+            "net/ipv4/..",
+            "../x",
+            "./net/core/somaxconn",
+            "net/./core/somaxconn",
+            "net/.../x",
+            "net//core/somaxconn",
+            "net/core/",
+            "net/core/somaxconn/",
+            "net/co re/x",
+            "net/core/*",
+            "net\\core/x",
+            "thp/enabled",
+            "vm/",
         ] {
             assert!(valid_sysctl_name(bad).is_err(), "{bad:?} accepted");
+        }
+        // The escapes are also refused where paths are used (e.g. a tampered journal).
+        for escape in [
+            "/etc/passwd",
+            "net/../../etc/shadow",
+            "net/ipv4/..",
+            "../x",
+            "net//x",
+        ] {
+            let loc = crate::kernel::Location::sysctl(escape);
+            assert!(!loc.is_contained(), "{escape:?} -> {loc:?}");
         }
         for good in [
             "vm.swappiness",
             "net.ipv4.conf.all.rp_filter",
             "kernel.sched_rt-x",
+            "net/ipv4/conf/eth0.100/rp_filter",
+            "vm/swappiness",
+            "net/ipv4/neigh/br-x.5/gc_stale_time",
         ] {
             assert!(valid_sysctl_name(good).is_ok(), "{good:?} rejected");
+            assert!(
+                crate::kernel::Location::sysctl(good).is_contained(),
+                "{good}"
+            );
         }
+    }
+
+    #[test]
+    fn sysctl_names_map_to_paths_as_sysctl8_does() {
+        for (name, rel) in [
+            ("vm.overcommit_memory", "vm/overcommit_memory"),
+            ("vm/overcommit_memory", "vm/overcommit_memory"),
+            (
+                "net/ipv4/conf/eth0.100/rp_filter",
+                "net/ipv4/conf/eth0.100/rp_filter",
+            ),
+            // The dotted form cannot say it: eth0.100 would be two directories.
+            (
+                "net.ipv4.conf.eth0.100.rp_filter",
+                "net/ipv4/conf/eth0/100/rp_filter",
+            ),
+        ] {
+            assert_eq!(sysctl_rel_path(name), rel, "{name}");
+            let loc = crate::kernel::Location::sysctl(name);
+            assert_eq!(loc.rel, format!("sys/{rel}"));
+            assert_eq!(loc.root, crate::kernel::Root::Proc);
+        }
+        // The name is kept as written; both spellings of one file are one knob, and the known
+        // ranges apply to every spelling.
+        let p = Profile::from_yaml(
+            "sysctls:\n  net/ipv4/conf/eth0.100/rp_filter: {equals: 2}\n  net/core/somaxconn: {at_least: 8192}\n",
+        )
+        .unwrap();
+        let s = p.get("net/ipv4/conf/eth0.100/rp_filter").unwrap();
+        assert_eq!(
+            s.knob,
+            Knob::Sysctl("net/ipv4/conf/eth0.100/rp_filter".into())
+        );
+        assert_eq!(
+            p.get("net.core.somaxconn").unwrap().desired,
+            Desired::AtLeast(8192)
+        );
+        assert!(p.get("net/core/somaxconn").is_none());
+        let got = issues(
+            "sysctls:\n  vm/overcommit_memory: {equals: 5}\n  vm.swappiness: {equals: 1}\n  vm/swappiness: {equals: 2}\n",
+        );
+        let rendered: Vec<String> = got.iter().map(|i| i.to_string()).collect();
+        assert_eq!(got.len(), 2, "{rendered:#?}");
+        assert!(
+            rendered[0].contains(
+                "sysctls[\"vm/overcommit_memory\"].equals = 5: the kernel accepts only 0, 1 or 2"
+            ),
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered[1].contains("names the same sysctl as \"vm.swappiness\""),
+            "{rendered:#?}"
+        );
     }
 
     #[test]

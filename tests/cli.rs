@@ -448,3 +448,71 @@ fn originals_carry_the_boot_id_and_restore_and_check_say_when_it_is_an_earlier_b
     );
     assert_eq!(t.get(OVERCOMMIT), "0\n");
 }
+
+#[test]
+fn a_sysctl_with_a_dot_in_a_segment_is_set_through_its_slash_form() {
+    let t = Tree::untuned();
+    let vlan = "proc/sys/net/ipv4/conf/eth0.100/rp_filter";
+    t.put(vlan, "0\n");
+    // What the dotted form would mean instead: must stay untouched.
+    t.put("proc/sys/net/ipv4/conf/eth0/100/rp_filter", "0\n");
+    let cfg = t.path("vlan.yaml");
+    std::fs::write(
+        &cfg,
+        "sysctls:\n  net/ipv4/conf/eth0.100/rp_filter: {equals: 2}\n",
+    )
+    .expect("write config");
+    let cfg_s = cfg.to_string_lossy().into_owned();
+    let out = t.run(&["--config", &cfg_s, "apply"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("changed net/ipv4/conf/eth0.100/rp_filter: 0 -> 2"),
+        "{out:?}"
+    );
+    assert_eq!(t.get(vlan), "2\n");
+    assert_eq!(t.get("proc/sys/net/ipv4/conf/eth0/100/rp_filter"), "0\n");
+
+    let out = t.run(&["--config", &cfg_s, "check", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    assert!(
+        v["settings"].as_array().is_some_and(|s| s
+            .iter()
+            .any(|k| k["name"] == "net/ipv4/conf/eth0.100/rp_filter" && k["actual"] == "2")),
+        "{v}"
+    );
+    let d = Daemon::start(&t, &["--config", &cfg_s]);
+    let m = d.metrics();
+    assert!(
+        m.contains(
+            r#"redis_node_tuner_setting_in_sync{setting="net/ipv4/conf/eth0.100/rp_filter"} 1"#
+        ),
+        "{m}"
+    );
+    let (code, logs) = d.sigterm();
+    assert_eq!(code, 0, "{logs}");
+
+    let out = t.run(&["--config", &cfg_s, "restore"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(t.get(vlan), "0\n");
+
+    // Names that would leave /proc/sys are refused before anything is written.
+    t.put("outside", "0\n");
+    for bad in [
+        "net/../../outside",
+        "/outside",
+        "net//x",
+        "net/./core/somaxconn",
+    ] {
+        std::fs::write(&cfg, format!("sysctls:\n  {bad:?}: {{equals: 1}}\n")).expect("write");
+        let out = t.run(&["--config", &cfg_s, "apply"]);
+        assert_eq!(out.code, 2, "{bad}: {out:?}");
+        assert!(
+            out.stderr.contains(&format!("sysctls[{bad:?}]")),
+            "{bad}: {out:?}"
+        );
+    }
+    assert_eq!(t.get("outside"), "0\n");
+    assert_eq!(t.get(OVERCOMMIT), "0\n");
+}
