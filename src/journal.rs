@@ -215,12 +215,17 @@ pub fn read(dir: &Path) -> Result<BTreeMap<String, Original>, JournalError> {
     }
 }
 
-/// The kernel's boot id under a proc root (`<proc-root>/sys/kernel/random/boot_id`).
+/// The kernel's boot id: `<proc-root>/sys/kernel/random/boot_id`, else this process's own
+/// `/proc/sys/kernel/random/boot_id` (the boot id is one per kernel, not per namespace, and a
+/// DaemonSet mounts only `/proc/sys/vm` and `/proc/sys/net/core` under its proc root).
 pub fn boot_id(proc_root: &Path) -> Option<String> {
-    fs::read_to_string(proc_root.join("sys/kernel/random/boot_id"))
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+    let read = |root: &Path| {
+        fs::read_to_string(root.join("sys/kernel/random/boot_id"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    read(proc_root).or_else(|| read(Path::new("/proc")))
 }
 
 impl Journal {
@@ -428,7 +433,13 @@ mod tests {
             "the format stays version 1"
         );
         let proc = tempfile::tempdir().unwrap();
-        assert_eq!(boot_id(proc.path()), None);
+        // Without one under the proc root: the kernel's own (not namespaced).
+        assert_eq!(
+            boot_id(proc.path()),
+            fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|s| s.trim().to_string())
+        );
         fs::create_dir_all(proc.path().join("sys/kernel/random")).unwrap();
         fs::write(proc.path().join("sys/kernel/random/boot_id"), "1234-5\n").unwrap();
         assert_eq!(boot_id(proc.path()).as_deref(), Some("1234-5"));
