@@ -451,7 +451,7 @@ fn print_table(report: &Report) {
 /// with the boot they were recorded in.
 fn journal_json(state_dir: &std::path::Path, boot_id: Option<&str>) -> serde_json::Value {
     let mut j = serde_json::json!({
-        "path": state_dir.join(journal::FILE_NAME),
+        "path": state_dir.join(journal::FILE_NAME).display().to_string(),
         "boot_id": boot_id,
     });
     match journal::read(state_dir) {
