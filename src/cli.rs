@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::agent::{Agent, Event, JournalSlot, Report};
 use crate::daemon::{DaemonError, KubeMode};
-use crate::journal::Journal;
+use crate::journal::{self, Journal, JournalError, StateLock};
 use crate::k8s::GateError;
 use crate::kernel::{HostFs, Target};
 use crate::metrics::Metrics;
@@ -32,6 +32,8 @@ pub enum Exit {
     Journal = 4,
     /// The daemon could not start (listen address, signals, runtime).
     Runtime = 5,
+    /// The state directory is locked by another process; nothing was written.
+    Locked = 6,
     /// A critical task of the daemon (the Kubernetes gate) died while it ran.
     TaskDied = 7,
 }
@@ -344,19 +346,37 @@ pub fn run_cli(cli: Cli) -> Exit {
     };
     let fs = HostFs::new(&cli.proc_root, &cli.sys_root);
     match &cli.command {
-        Command::Check { output } => check(Agent::new(fs, &profile, JournalSlot::None), *output),
+        Command::Check { output } => check(
+            Agent::new(fs, &profile, JournalSlot::None),
+            *output,
+            &cli.state_dir,
+            journal::boot_id(&cli.proc_root),
+        ),
         Command::Apply { dry_run: true } => dry_run(Agent::new(fs, &profile, JournalSlot::None)),
         Command::Apply { dry_run: false } => match Journal::load(&cli.state_dir) {
-            Ok(j) => apply(Agent::new(fs, &profile, JournalSlot::Ready(j))),
-            Err(e) => {
-                eprintln!("error: {e}\nnothing was written");
-                Exit::Journal
+            Ok(j) => {
+                let j = j.with_boot_id(journal::boot_id(&cli.proc_root));
+                apply(Agent::new(fs, &profile, JournalSlot::Ready(j)))
             }
+            Err(e) => journal_failed(&e),
         },
-        Command::Restore => restore(&fs, &cli.state_dir),
+        Command::Restore => restore(&fs, &cli.state_dir, journal::boot_id(&cli.proc_root)),
         Command::Run { listen, .. } => {
+            // Held for the life of the daemon: no apply, restore or second run meanwhile.
+            let _lock = match StateLock::acquire(&cli.state_dir) {
+                Ok(l) => l,
+                Err(e @ JournalError::Locked { .. }) => return journal_failed(&e),
+                Err(e) => {
+                    tracing::error!(error = %e, "no knob will be changed until the journal is fixed");
+                    return daemon(
+                        Agent::new(fs, &profile, JournalSlot::Broken(e.to_string())),
+                        listen,
+                        kube,
+                    );
+                }
+            };
             let journal = match Journal::load(&cli.state_dir) {
-                Ok(j) => JournalSlot::Ready(j),
+                Ok(j) => JournalSlot::Ready(j.with_boot_id(journal::boot_id(&cli.proc_root))),
                 Err(e) => {
                     tracing::error!(error = %e, "no knob will be changed until the journal is fixed");
                     JournalSlot::Broken(e.to_string())
@@ -365,6 +385,16 @@ pub fn run_cli(cli: Cli) -> Exit {
             daemon(Agent::new(fs, &profile, journal), listen, kube)
         }
         Command::Cleanup => cleanup(&cli),
+    }
+}
+
+/// A journal that cannot be used by `apply`/`restore`/`run`: exit 6 when another process holds
+/// it, else 4.
+fn journal_failed(e: &JournalError) -> Exit {
+    eprintln!("error: {e}\nnothing was written");
+    match e {
+        JournalError::Locked { .. } => Exit::Locked,
+        _ => Exit::Journal,
     }
 }
 
@@ -462,14 +492,52 @@ fn print_table(report: &Report) {
     };
 }
 
-fn check(mut agent: Agent, output: Output) -> Exit {
+/// The `journal` key of `check --output json`: the recorded originals (read without the lock)
+/// with the boot they were recorded in.
+fn journal_json(state_dir: &std::path::Path, boot_id: Option<&str>) -> serde_json::Value {
+    let mut j = serde_json::json!({
+        "path": state_dir.join(journal::FILE_NAME).display().to_string(),
+        "boot_id": boot_id,
+    });
+    match journal::read(state_dir) {
+        Ok(originals) => {
+            j["originals"] = originals
+                .iter()
+                .map(|(name, o)| {
+                    serde_json::json!({
+                        "name": name,
+                        "value": o.value,
+                        "recorded_at": o.recorded_at,
+                        "boot_id": o.boot_id,
+                        "this_boot": o.boot_id.as_deref().zip(boot_id).map(|(a, b)| a == b),
+                    })
+                })
+                .collect();
+        }
+        Err(e) => j["error"] = e.to_string().into(),
+    }
+    j
+}
+
+fn check(
+    mut agent: Agent,
+    output: Output,
+    state_dir: &std::path::Path,
+    boot_id: Option<String>,
+) -> Exit {
     let report = agent.observe();
     match output {
         Output::Text => print_table(&report),
-        Output::Json => match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("error: cannot render JSON: {e}"),
-        },
+        Output::Json => {
+            let rendered = serde_json::to_value(&report).and_then(|mut v| {
+                v["journal"] = journal_json(state_dir, boot_id.as_deref());
+                serde_json::to_string_pretty(&v)
+            });
+            match rendered {
+                Ok(s) => println!("{s}"),
+                Err(e) => eprintln!("error: cannot render JSON: {e}"),
+            }
+        }
     }
     if report.unreadable() {
         Exit::Unreadable
@@ -522,13 +590,17 @@ fn apply(mut agent: Agent) -> Exit {
     }
 }
 
-fn restore(fs: &HostFs, state_dir: &std::path::Path) -> Exit {
+fn restore(fs: &HostFs, state_dir: &std::path::Path, boot_id: Option<String>) -> Exit {
+    if !state_dir.exists() {
+        println!(
+            "nothing to restore: no originals recorded in {}",
+            state_dir.join(journal::FILE_NAME).display()
+        );
+        return Exit::Ok;
+    }
     let journal = match Journal::load(state_dir) {
         Ok(j) => j,
-        Err(e) => {
-            eprintln!("error: {e}\nnothing was written");
-            return Exit::Journal;
-        }
+        Err(e) => return journal_failed(&e),
     };
     if journal.originals().is_empty() {
         println!(
@@ -552,6 +624,14 @@ fn restore(fs: &HostFs, state_dir: &std::path::Path) -> Exit {
                     .unwrap_or_else(|| "an unverified one".into())
             );
             continue;
+        }
+        if let (Some(then), Some(now)) = (&original.boot_id, &boot_id)
+            && then != now
+        {
+            println!(
+                "note {knob}: its original {:?} was recorded in an earlier boot ({then}, now {now}); restoring it anyway",
+                original.value
+            );
         }
         let mut t = Target::for_restore(knob, original.location.clone());
         match fs.write(&mut t, &original.value) {

@@ -3,11 +3,18 @@
 //! Written atomically (temp file, fsync, rename, fsync of the directory), so a crash leaves the
 //! old or the new journal, never a torn one. A recorded original is never overwritten. A corrupt
 //! journal is an error, never silently replaced.
+//!
+//! Only one process at a time may change a state directory: [`Journal::load`] takes an
+//! exclusive `flock` on `<state-dir>/.lock` (a [`StateLock`]) that the journal keeps for its
+//! life, so the fixed temp file name is only ever written under the lock. [`read`] is the
+//! lock-free, read-only view (for `check`).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +23,8 @@ use crate::kernel::Location;
 
 pub const FILE_NAME: &str = "originals.json";
 const TMP_NAME: &str = "originals.json.tmp";
+/// The lock file of a state directory (never removed: removing a lock file races).
+pub const LOCK_NAME: &str = ".lock";
 const VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +40,131 @@ pub enum JournalError {
         "state journal {path} is corrupt ({reason}); it is kept as is: inspect it, restore by hand, then remove it"
     )]
     Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "state directory {} is locked by another redis-node-tuner ({}): stop it first (systemctl stop redis-node-tuner, or remove the DaemonSet), then retry",
+        dir.display(),
+        holder.as_deref().map(|h| format!("pid {h}")).unwrap_or_else(|| "holder unknown".into())
+    )]
+    Locked {
+        dir: PathBuf,
+        /// The pid written into the lock file by its holder, when readable.
+        holder: Option<String>,
+    },
+}
+
+/// An exclusive `flock` on `<state-dir>/.lock`, held until the last clone is dropped (or the
+/// process dies: the kernel releases it, so a crash never leaves a stale lock).
+///
+/// Within one process, acquiring the lock of a directory this process already holds returns the
+/// same lock: it excludes other processes, not other parts of this one.
+#[derive(Debug, Clone)]
+pub struct StateLock(#[allow(dead_code)] Arc<Held>);
+
+#[derive(Debug)]
+struct Held {
+    key: PathBuf,
+    _file: File,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Ok(mut held) = HELD.lock() {
+            held.retain(|(k, w)| k != &self.key && w.strong_count() > 0);
+        }
+    }
+}
+
+/// The state directories this process holds, by canonical path.
+static HELD: Mutex<Vec<(PathBuf, Weak<Held>)>> = Mutex::new(Vec::new());
+
+impl StateLock {
+    /// Locks `dir` (created, with its parent fsynced, if missing) without waiting: another
+    /// process holding it is [`JournalError::Locked`].
+    pub fn acquire(dir: &Path) -> Result<StateLock, JournalError> {
+        create_state_dir(dir)?;
+        let key = fs::canonicalize(dir).map_err(|source| JournalError::Io {
+            path: dir.to_path_buf(),
+            op: "resolve the state directory",
+            source,
+        })?;
+        let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = held
+            .iter()
+            .find(|(k, _)| k == &key)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return Ok(StateLock(h));
+        }
+        let path = dir.join(LOCK_NAME);
+        let io_err = |op, source| JournalError::Io {
+            path: path.clone(),
+            op,
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| io_err("open the lock file", e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                let holder = text.trim();
+                return Err(JournalError::Locked {
+                    dir: dir.to_path_buf(),
+                    holder: (!holder.is_empty() && holder.chars().all(|c| c.is_ascii_digit()))
+                        .then(|| holder.to_string()),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", e)),
+        }
+        // Name the holder for whoever finds the directory locked.
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .map_err(|e| io_err("write the lock file", e))?;
+        let h = Arc::new(Held {
+            key: key.clone(),
+            _file: file,
+        });
+        held.retain(|(_, w)| w.strong_count() > 0);
+        held.push((key, Arc::downgrade(&h)));
+        Ok(StateLock(h))
+    }
+}
+
+/// Creates the state directory if it is missing, and makes each new directory entry durable by
+/// fsyncing its parent.
+fn create_state_dir(dir: &Path) -> Result<(), JournalError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    // The missing ancestors, outermost first.
+    let mut missing = vec![];
+    let mut p = Some(dir);
+    while let Some(d) = p {
+        if d.as_os_str().is_empty() || d.exists() {
+            break;
+        }
+        missing.push(d);
+        p = d.parent();
+    }
+    fs::create_dir_all(dir).map_err(|source| JournalError::Io {
+        path: dir.to_path_buf(),
+        op: "create the state directory",
+        source,
+    })?;
+    for d in missing.iter().rev() {
+        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
 }
 
 /// One recorded original.
@@ -44,6 +178,10 @@ pub struct Original {
     /// restore never writes one namespace's original into another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<u64>,
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`) when it was recorded; absent
+    /// in journals written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -53,35 +191,60 @@ struct OnDisk {
     originals: BTreeMap<String, Original>,
 }
 
-/// The journal of one state directory.
+/// The journal of one state directory, holding its lock.
 #[derive(Debug)]
 pub struct Journal {
     dir: PathBuf,
     originals: BTreeMap<String, Original>,
+    boot_id: Option<String>,
+    _lock: StateLock,
+}
+
+/// Reads the journal of `dir` without locking or creating anything (a missing file is an
+/// empty journal). It may be changed by its holder right after: for display only.
+pub fn read(dir: &Path) -> Result<BTreeMap<String, Original>, JournalError> {
+    let path = dir.join(FILE_NAME);
+    match fs::read(&path) {
+        Ok(bytes) => parse(&bytes).map_err(|reason| JournalError::Corrupt { path, reason }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(source) => Err(JournalError::Io {
+            path,
+            op: "read",
+            source,
+        }),
+    }
+}
+
+/// The kernel's boot id: `<proc-root>/sys/kernel/random/boot_id`, else this process's own
+/// `/proc/sys/kernel/random/boot_id` (the boot id is one per kernel, not per namespace, and a
+/// DaemonSet mounts only `/proc/sys/vm` and `/proc/sys/net/core` under its proc root).
+pub fn boot_id(proc_root: &Path) -> Option<String> {
+    let read = |root: &Path| {
+        fs::read_to_string(root.join("sys/kernel/random/boot_id"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    read(proc_root).or_else(|| read(Path::new("/proc")))
 }
 
 impl Journal {
-    /// Loads the journal of `dir`; a missing file is an empty journal.
+    /// Locks `dir` (see [`StateLock::acquire`]: created if missing) and loads its journal; a
+    /// missing file is an empty journal. The lock is held as long as the journal lives.
     pub fn load(dir: &Path) -> Result<Journal, JournalError> {
-        let path = dir.join(FILE_NAME);
-        let originals = match fs::read(&path) {
-            Ok(bytes) => parse(&bytes).map_err(|reason| JournalError::Corrupt {
-                path: path.clone(),
-                reason,
-            })?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(source) => {
-                return Err(JournalError::Io {
-                    path,
-                    op: "read",
-                    source,
-                });
-            }
-        };
+        let lock = StateLock::acquire(dir)?;
         Ok(Journal {
             dir: dir.to_path_buf(),
-            originals,
+            originals: read(dir)?,
+            boot_id: None,
+            _lock: lock,
         })
+    }
+
+    /// The boot id stamped on originals recorded from now on.
+    pub fn with_boot_id(mut self, boot_id: Option<String>) -> Journal {
+        self.boot_id = boot_id;
+        self
     }
 
     pub fn path(&self) -> PathBuf {
@@ -115,6 +278,7 @@ impl Journal {
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
                 netns,
+                boot_id: self.boot_id.clone(),
             },
         );
         self.persist(&next)?;
@@ -151,11 +315,6 @@ impl Journal {
             op,
             source,
         };
-        fs::create_dir_all(&self.dir).map_err(|e| JournalError::Io {
-            path: self.dir.clone(),
-            op: "create the state directory",
-            source: e,
-        })?;
         let body = serde_json::to_vec_pretty(&OnDisk {
             version: VERSION,
             originals: originals.clone(),
@@ -249,31 +408,65 @@ mod tests {
     }
 
     #[test]
-    fn crash_between_write_and_rename_keeps_the_old_journal() {
+    fn boot_id_is_recorded_and_journals_without_it_still_load() {
         let dir = tempfile::tempdir().unwrap();
-        let mut j = Journal::load(dir.path()).unwrap();
-        j.record("a.b", &loc("sys/a/b"), "1", None).unwrap();
-        let before = fs::read(dir.path().join(FILE_NAME)).unwrap();
-        // Simulate a crash: the new journal reached the temp file, the rename never happened.
-        let mut next = j.originals().clone();
-        next.insert(
-            "c.d".into(),
-            Original {
-                location: loc("sys/c/d"),
-                value: "2".into(),
-                recorded_at: 0,
-                netns: None,
-            },
-        );
-        j.write_tmp(&next).unwrap();
+        // A journal of the first release: no boot_id field.
+        fs::write(
+            dir.path().join(FILE_NAME),
+            "{\"version\":1,\"originals\":{\"a.b\":{\"location\":{\"root\":\"proc\",\"rel\":\"sys/a/b\"},\"value\":\"1\",\"recorded_at\":5}}}",
+        )
+        .unwrap();
+        let j = Journal::load(dir.path())
+            .unwrap()
+            .with_boot_id(Some("b00t".into()));
+        assert_eq!(j.originals()["a.b"].boot_id, None);
+        let mut j = j;
+        j.record("c.d", &loc("sys/c/d"), "2", None).unwrap();
         drop(j);
-        assert_eq!(fs::read(dir.path().join(FILE_NAME)).unwrap(), before);
-        let mut j = Journal::load(dir.path()).unwrap();
-        assert_eq!(j.originals().keys().collect::<Vec<_>>(), ["a.b"]);
-        // The next record replaces the stale temp file and commits cleanly.
-        j.record("c.d", &loc("sys/c/d"), "3", None).unwrap();
-        let j = Journal::load(dir.path()).unwrap();
-        assert_eq!(j.originals()["c.d"].value, "3");
+        let o = read(dir.path()).unwrap();
+        assert_eq!(o["c.d"].boot_id.as_deref(), Some("b00t"));
+        assert_eq!(o["a.b"].boot_id, None);
+        assert!(
+            fs::read_to_string(dir.path().join(FILE_NAME))
+                .unwrap()
+                .contains("\"version\": 1"),
+            "the format stays version 1"
+        );
+        let proc = tempfile::tempdir().unwrap();
+        // Without one under the proc root: the kernel's own (not namespaced).
+        assert_eq!(
+            boot_id(proc.path()),
+            fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|s| s.trim().to_string())
+        );
+        fs::create_dir_all(proc.path().join("sys/kernel/random")).unwrap();
+        fs::write(proc.path().join("sys/kernel/random/boot_id"), "1234-5\n").unwrap();
+        assert_eq!(boot_id(proc.path()).as_deref(), Some("1234-5"));
+    }
+
+    #[test]
+    fn the_lock_file_names_its_holder_and_is_shared_within_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("a/b/state");
+        let lock = StateLock::acquire(&state).unwrap();
+        assert_eq!(
+            fs::read_to_string(state.join(LOCK_NAME)).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        // The same process may open the journal while it holds the lock.
+        let j = Journal::load(&state).unwrap();
+        drop(lock);
+        drop(j);
+        assert!(
+            HELD.lock()
+                .unwrap()
+                .iter()
+                .all(|(k, _)| !k.ends_with("a/b/state"))
+        );
+        // Nothing but the lock file is created until something is recorded.
+        assert!(read(&state).unwrap().is_empty());
+        assert!(!state.join(FILE_NAME).exists());
     }
 
     #[test]
@@ -300,6 +493,7 @@ mod tests {
         let state = dir.path().join("state");
         let mut j = Journal::load(&state).unwrap();
         // The state directory's place is taken by a file.
+        fs::remove_dir_all(&state).unwrap();
         fs::write(&state, "x").unwrap();
         let e = j.record("a.b", &loc("sys/a/b"), "1", None).unwrap_err();
         assert!(matches!(e, JournalError::Io { .. }), "{e}");

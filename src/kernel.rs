@@ -51,10 +51,11 @@ impl Location {
         self.root == Root::Proc && self.rel.starts_with("sys/net/")
     }
 
-    fn sysctl(name: &str) -> Location {
+    /// The file of a sysctl (see [`crate::profile::sysctl_rel_path`]).
+    pub fn sysctl(name: &str) -> Location {
         Location {
             root: Root::Proc,
-            rel: format!("sys/{}", name.replace('.', "/")),
+            rel: format!("sys/{}", crate::profile::sysctl_rel_path(name)),
         }
     }
 }
@@ -623,7 +624,6 @@ impl Target {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::profile::Mode;
 
     /// A fake /proc + /sys tree with the default profile's files.
     pub(crate) struct FakeTree {
@@ -829,9 +829,22 @@ pub(crate) mod tests {
         assert_eq!(k(libc::EIO, None), "io");
     }
 
+    /// `CAP_DAC_OVERRIDE` is in this process's effective set: file modes do not stop its
+    /// writes (uid 0 normally has it).
+    fn has_dac_override() -> bool {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapEff:"))
+                    .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+            })
+            // CAP_DAC_OVERRIDE is capability 1.
+            .is_some_and(|caps| caps & (1 << 1) != 0)
+    }
+
     #[test]
-    fn read_only_file_is_permission_denied_for_non_root_or_writes_for_root() {
-        // chmod 0444: uid 0 bypasses file modes, so this maps to EACCES only for other users.
+    fn a_write_denied_by_the_file_mode_is_permission_denied_as_root_and_not() {
         let tree = FakeTree::untuned();
         let p = tree.dir.path().join("proc/sys/vm/overcommit_memory");
         let mut perm = std::fs::metadata(&p).unwrap().permissions();
@@ -840,20 +853,46 @@ pub(crate) mod tests {
         let fs = tree.fs();
         let mut ts = fs.resolve(&Profile::default());
         let r = fs.write(target(&mut ts, "vm.overcommit_memory"), "1");
-        if nix_is_root() {
-            assert_eq!(r.unwrap().value, "1");
-        } else {
-            assert_eq!(r.unwrap_err().kind(), "permission_denied");
+        if !has_dac_override() {
+            // Not root, or root without the capability (the child below).
+            let e = r.unwrap_err();
+            assert_eq!(e.kind(), "permission_denied", "{e}");
+            assert!(
+                e.to_string().contains("proc/sys/vm/overcommit_memory"),
+                "{e}"
+            );
+            assert_eq!(tree.get("proc/sys/vm/overcommit_memory"), "0\n");
+            return;
         }
-    }
-
-    fn nix_is_root() -> bool {
-        std::fs::read_to_string("/proc/self/status")
-            .map(|s| {
-                s.lines()
-                    .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-            })
-            .unwrap_or(false)
+        // uid 0 with CAP_DAC_OVERRIDE ignores the mode, so the write goes through here ...
+        assert_eq!(r.unwrap().value, "1");
+        // ... and the error path is proven by this same test in a child process of this test
+        // binary with every capability dropped (setpriv, util-linux): still uid 0, but the
+        // mode now applies to it, as it does to any other user.
+        let test = format!(
+            "{}::a_write_denied_by_the_file_mode_is_permission_denied_as_root_and_not",
+            module_path!().split_once("::").map_or("", |(_, m)| m)
+        );
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--inh-caps=-all",
+                "--ambient-caps=-all",
+                "--bounding-set=-all",
+                "--",
+            ])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", &test, "--test-threads=1", "--nocapture"])
+            .output()
+            .expect("setpriv (util-linux) is needed to drop the capabilities of a child");
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "the capability-less child did not prove permission_denied:\n{text}"
+        );
     }
 
     #[test]
@@ -892,12 +931,27 @@ pub(crate) mod tests {
 
     #[test]
     fn locations_stay_contained() {
-        let ok = Location {
-            root: Root::Proc,
-            rel: "sys/vm/x".into(),
-        };
-        assert!(ok.is_contained());
-        for rel in ["", "/etc/passwd", "sys/../../etc", "sys//x", "./x"] {
+        for rel in [
+            "sys/vm/x",
+            "sys/net/ipv4/conf/eth0.100/rp_filter",
+            "sys/a/.../b",
+        ] {
+            let ok = Location {
+                root: Root::Proc,
+                rel: rel.into(),
+            };
+            assert!(ok.is_contained(), "{rel}");
+        }
+        for rel in [
+            "",
+            "/etc/passwd",
+            "sys/../../etc",
+            "sys//x",
+            "./x",
+            "sys/x/",
+            "sys/x/..",
+            "..",
+        ] {
             assert!(
                 !Location {
                     root: Root::Sys,
@@ -907,8 +961,23 @@ pub(crate) mod tests {
                 "{rel}"
             );
         }
+        // A resolved profile's paths are joined below their root, never outside it.
+        let tree = FakeTree::untuned();
+        let fs = tree.fs();
+        let p = Profile::from_yaml("sysctls:\n  net/ipv4/conf/eth0.100/rp_filter: {equals: 1}\n")
+            .unwrap();
+        for t in fs.resolve(&p) {
+            assert!(t.location.is_contained(), "{t:?}");
+            assert!(fs.path(&t.location).starts_with(tree.dir.path()), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn only_net_sysctls_are_per_network_namespace() {
         assert!(Location::sysctl("net.core.somaxconn").is_net());
+        assert!(Location::sysctl("net/ipv4/conf/eth0.100/rp_filter").is_net());
         assert!(!Location::sysctl("vm.overcommit_memory").is_net());
-        let _ = Mode::Audit;
+        assert!(!Location::sysctl("kernel.network_x").is_net());
+        assert!(!thp_loc("enabled").is_net());
     }
 }

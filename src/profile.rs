@@ -288,13 +288,47 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// Checks a sysctl name: dotted segments of `[A-Za-z0-9_-]`, so it cannot escape /proc/sys.
+/// The first segment of the THP settings' names (`thp.enabled`, `thp.hugepages-64kB.enabled`):
+/// reserved, so a sysctl can never take a THP setting's name (there is no `/proc/sys/thp`).
+pub const THP_NAMESPACE: &str = "thp";
+
+/// The file of a sysctl below `/proc/sys` (e.g. `vm/overcommit_memory`): a knob's identity.
+/// Two names with the same path are the same knob. As in sysctl(8), a name containing `/` is
+/// already a path and its dots are literal (`net/ipv4/conf/eth0.100/rp_filter`); otherwise dots
+/// separate the segments (`vm.overcommit_memory`).
+pub fn sysctl_rel_path(name: &str) -> String {
+    if name.contains('/') {
+        name.to_string()
+    } else {
+        name.replace('.', "/")
+    }
+}
+
+/// Integer sysctls whose range the kernel enforces, by path below `/proc/sys`: (path, lowest,
+/// highest, the range in words).
+const KNOWN_RANGES: &[(&str, i64, i64, &str)] = &[
+    ("vm/overcommit_memory", 0, 2, "0, 1 or 2"),
+    (
+        "net/core/somaxconn",
+        0,
+        i32::MAX as i64,
+        "between 0 and 2147483647",
+    ),
+];
+
+/// Checks a sysctl name, so it cannot escape /proc/sys: dotted segments of `[A-Za-z0-9_-]`
+/// (`vm.swappiness`), or the `/` form of sysctl(8) whose segments may also hold dots but are
+/// never empty, `.`, `..` or any other dots-only word, and never start with `/`
+/// (`net/ipv4/conf/eth0.100/rp_filter`). Not in the `thp` namespace of the THP settings.
 pub fn valid_sysctl_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("empty sysctl name");
     }
+    if name.split(['.', '/']).next() == Some(THP_NAMESPACE) {
+        return Err("names under thp. are THP settings, not sysctls: set them under thp:");
+    }
     if name.contains('/') {
-        return Err("a sysctl name uses dots, and may not contain '/'");
+        return valid_sysctl_path(name);
     }
     for seg in name.split('.') {
         if seg.is_empty() {
@@ -309,6 +343,28 @@ pub fn valid_sysctl_name(name: &str) -> Result<(), &'static str> {
     }
     if !name.contains('.') {
         return Err("a sysctl name has at least two segments (e.g. vm.swappiness)");
+    }
+    Ok(())
+}
+
+/// The `/` form of a sysctl name (see [`valid_sysctl_name`]).
+fn valid_sysctl_path(name: &str) -> Result<(), &'static str> {
+    if name.starts_with('/') {
+        return Err("an absolute path: a sysctl name is relative to /proc/sys");
+    }
+    for seg in name.split('/') {
+        if seg.is_empty() {
+            return Err("empty segment ('//' or a trailing '/') could escape /proc/sys");
+        }
+        if seg.chars().all(|c| c == '.') {
+            return Err("a segment of only dots ('.', '..') could escape /proc/sys");
+        }
+        if !seg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        {
+            return Err("segments may contain only letters, digits, '_', '-' and '.'");
+        }
     }
     Ok(())
 }
@@ -368,7 +424,7 @@ impl Validator {
                 };
                 self.issue(
                     path,
-                    None,
+                    map.get(key),
                     format!("unknown key (known: {})", known.join(", ")),
                 );
             }
@@ -443,17 +499,34 @@ impl Validator {
             );
             return;
         };
+        // Path below /proc/sys → the key that named it in this file.
+        let mut seen: std::collections::BTreeMap<String, &str> = Default::default();
         for (name, rule) in map {
             let field = format!("sysctls[\"{name}\"]");
+            let name_value = Value::String(name.clone());
             if let Err(why) = valid_sysctl_name(name) {
                 self.issue(
-                    format!("sysctls[{}]", render(&Value::String(name.clone()))),
-                    None,
+                    format!("sysctls[{}]", render(&name_value)),
+                    Some(&name_value),
                     why,
                 );
                 continue;
             }
-            let existing = profile.settings.iter().position(|s| &s.name == name);
+            let rel = sysctl_rel_path(name);
+            if let Some(first) = seen.insert(rel.clone(), name) {
+                self.issue(
+                    field.clone(),
+                    Some(&name_value),
+                    format!("names the same sysctl as {first:?} (/proc/sys/{rel})"),
+                );
+                continue;
+            }
+            // A sysctl rule changes only the sysctl of that file, never a setting of another kind
+            // that happens to share its name.
+            let existing = profile.settings.iter().position(|s| match &s.knob {
+                Knob::Sysctl(n) => sysctl_rel_path(n) == rel,
+                _ => false,
+            });
             let Some(rmap) = self.object(&field, rule, &["equals", "at_least", "at_most", "mode"])
             else {
                 continue;
@@ -471,17 +544,17 @@ impl Validator {
                     if existing.is_none() {
                         self.issue(
                             field.clone(),
-                            None,
+                            Some(rule),
                             "a new sysctl needs one of: equals, at_least, at_most",
                         );
                     }
                     None
                 }
-                [key] => self.sysctl_value(name, &format!("{field}.{key}"), key, &rmap[*key]),
+                [key] => self.sysctl_value(&rel, &format!("{field}.{key}"), key, &rmap[*key]),
                 _ => {
                     self.issue(
                         field.clone(),
-                        None,
+                        Some(rule),
                         format!(
                             "give only one of equals, at_least, at_most (found {})",
                             constraints.join(", ")
@@ -512,7 +585,8 @@ impl Validator {
         }
     }
 
-    fn sysctl_value(&mut self, name: &str, field: &str, key: &str, v: &Value) -> Option<Desired> {
+    /// The desired value of the sysctl at `rel` (path below /proc/sys).
+    fn sysctl_value(&mut self, rel: &str, field: &str, key: &str, v: &Value) -> Option<Desired> {
         if key == "equals"
             && let Value::String(s) = v
         {
@@ -523,10 +597,10 @@ impl Validator {
             }
             if let Ok(n) = norm.parse::<i64>() {
                 return self
-                    .check_known_range(name, field, v, n)
+                    .check_known_range(rel, field, v, n)
                     .then_some(Desired::Equals(n));
             }
-            if name == "vm.overcommit_memory" || name == "net.core.somaxconn" {
+            if KNOWN_RANGES.iter().any(|(p, ..)| *p == rel) {
                 self.issue(field, Some(v), "must be an integer");
                 return None;
             }
@@ -545,7 +619,7 @@ impl Validator {
             );
             return None;
         };
-        if !self.check_known_range(name, field, v, n) {
+        if !self.check_known_range(rel, field, v, n) {
             return None;
         }
         Some(match key {
@@ -555,26 +629,23 @@ impl Validator {
         })
     }
 
-    /// Values the kernel would reject for the knobs whose range we know.
-    fn check_known_range(&mut self, name: &str, field: &str, v: &Value, n: i64) -> bool {
-        let ok = match name {
-            "vm.overcommit_memory" => (0..=2).contains(&n),
-            "net.core.somaxconn" => (0..=i64::from(i32::MAX)).contains(&n),
+    /// Values the kernel would reject for the knobs whose range we know (by path, so every
+    /// spelling of a name gets the same check).
+    fn check_known_range(&mut self, rel: &str, field: &str, v: &Value, n: i64) -> bool {
+        match KNOWN_RANGES.iter().find(|(p, ..)| *p == rel) {
+            Some((_, lo, hi, words)) if !(*lo..=*hi).contains(&n) => {
+                self.issue(
+                    field,
+                    Some(v),
+                    format!(
+                        "the kernel accepts only {words} for {}",
+                        rel.replace('/', ".")
+                    ),
+                );
+                false
+            }
             _ => true,
-        };
-        if !ok {
-            let range = if name == "vm.overcommit_memory" {
-                "0, 1 or 2"
-            } else {
-                "between 0 and 2147483647"
-            };
-            self.issue(
-                field,
-                Some(v),
-                format!("the kernel accepts only {range} for {name}"),
-            );
         }
-        ok
     }
 
     fn thp(&mut self, v: &Value, default_mode: Mode, profile: &mut Profile) {
@@ -813,16 +884,16 @@ thp:
         let rendered: Vec<String> = got.iter().map(|i| i.to_string()).collect();
         let expect = [
             "interval = \"fast\"",
-            "colour: unknown key",
+            "colour = \"blue\": unknown key",
             "sysctls[\"vm.overcommit_memory\"].equals = 3: the kernel accepts only 0, 1 or 2",
             "sysctls[\"net.core.somaxconn\"].at_least = -1: the kernel accepts only between 0 and 2147483647",
-            "sysctls[\"../../etc/passwd\"]",
-            "sysctls[\"vm.new_one\"]: a new sysctl needs one of",
-            "sysctls[\"vm.both\"]: give only one of",
+            "sysctls[\"../../etc/passwd\"] = \"../../etc/passwd\"",
+            "sysctls[\"vm.new_one\"] = {\"mode\":\"enforce\"}: a new sysctl needs one of",
+            "sysctls[\"vm.both\"] = {\"at_least\":1,\"at_most\":2}: give only one of",
             "sysctls[\"vm.typo\"].mode = \"enforced\"",
             "sysctls[\"vm.wrong_type\"].at_least = \"many\": expected an integer",
             "thp.enabled = \"sometimes\": expected one of: always, madvise, never",
-            "thp.defrag.extra: unknown key",
+            "thp.defrag.extra = 1: unknown key",
             "thp.per_size.set = \"always\"",
         ];
         for e in expect {
@@ -832,6 +903,32 @@ thp:
             );
         }
         assert_eq!(got.len(), expect.len(), "{rendered:#?}");
+    }
+
+    #[test]
+    fn a_sysctl_rule_never_reaches_a_thp_setting() {
+        // Was accepted, and `5` was written into the THP `enabled` file.
+        for yaml in [
+            "sysctls: {thp.enabled: {equals: 5}}\n",
+            "sysctls: {thp.defrag: {equals: 1}}\n",
+            "sysctls: {thp.per_size: {mode: audit}}\n",
+            "sysctls: {thp.hugepages-2048kB.enabled: {equals: always}}\n",
+        ] {
+            let got = issues(yaml);
+            assert_eq!(got.len(), 1, "{yaml}: {got:?}");
+            assert!(got[0].message.contains("THP settings"), "{yaml}: {got:?}");
+            assert!(
+                got[0].field.starts_with("sysctls[\"thp."),
+                "{yaml}: {got:?}"
+            );
+        }
+        assert_eq!(
+            Profile::from_yaml("thp: {enabled: never}\n")
+                .unwrap()
+                .get("thp.enabled")
+                .map(|s| s.desired.clone()),
+            Some(word("never"))
+        );
     }
 
     #[test]
@@ -852,17 +949,110 @@ thp:
     #[test]
     fn sysctl_names_cannot_escape() {
         for bad in [
-            "", "vm", "vm..x", ".vm.x", "vm.x.", "vm/x.y", "vm.x y", "vm.*",
+            "",
+            "vm",
+            "vm..x",
+            ".vm.x",
+            "vm.x.",
+            "vm.x y",
+            "vm.*",
+            "/etc/passwd",
+            "/proc/sys/vm/swappiness",
+            "net/../../etc/shadow",
+            "net/ipv4/..",
+            "../x",
+            "./net/core/somaxconn",
+            "net/./core/somaxconn",
+            "net/.../x",
+            "net//core/somaxconn",
+            "net/core/",
+            "net/core/somaxconn/",
+            "net/co re/x",
+            "net/core/*",
+            "net\\core/x",
+            "thp/enabled",
+            "vm/",
         ] {
             assert!(valid_sysctl_name(bad).is_err(), "{bad:?} accepted");
+        }
+        // The escapes are also refused where paths are used (e.g. a tampered journal).
+        for escape in [
+            "/etc/passwd",
+            "net/../../etc/shadow",
+            "net/ipv4/..",
+            "../x",
+            "net//x",
+        ] {
+            let loc = crate::kernel::Location::sysctl(escape);
+            assert!(!loc.is_contained(), "{escape:?} -> {loc:?}");
         }
         for good in [
             "vm.swappiness",
             "net.ipv4.conf.all.rp_filter",
             "kernel.sched_rt-x",
+            "net/ipv4/conf/eth0.100/rp_filter",
+            "vm/swappiness",
+            "net/ipv4/neigh/br-x.5/gc_stale_time",
         ] {
             assert!(valid_sysctl_name(good).is_ok(), "{good:?} rejected");
+            assert!(
+                crate::kernel::Location::sysctl(good).is_contained(),
+                "{good}"
+            );
         }
+    }
+
+    #[test]
+    fn sysctl_names_map_to_paths_as_sysctl8_does() {
+        for (name, rel) in [
+            ("vm.overcommit_memory", "vm/overcommit_memory"),
+            ("vm/overcommit_memory", "vm/overcommit_memory"),
+            (
+                "net/ipv4/conf/eth0.100/rp_filter",
+                "net/ipv4/conf/eth0.100/rp_filter",
+            ),
+            // The dotted form cannot say it: eth0.100 would be two directories.
+            (
+                "net.ipv4.conf.eth0.100.rp_filter",
+                "net/ipv4/conf/eth0/100/rp_filter",
+            ),
+        ] {
+            assert_eq!(sysctl_rel_path(name), rel, "{name}");
+            let loc = crate::kernel::Location::sysctl(name);
+            assert_eq!(loc.rel, format!("sys/{rel}"));
+            assert_eq!(loc.root, crate::kernel::Root::Proc);
+        }
+        // The name is kept as written; both spellings of one file are one knob, and the known
+        // ranges apply to every spelling.
+        let p = Profile::from_yaml(
+            "sysctls:\n  net/ipv4/conf/eth0.100/rp_filter: {equals: 2}\n  net/core/somaxconn: {at_least: 8192}\n",
+        )
+        .unwrap();
+        let s = p.get("net/ipv4/conf/eth0.100/rp_filter").unwrap();
+        assert_eq!(
+            s.knob,
+            Knob::Sysctl("net/ipv4/conf/eth0.100/rp_filter".into())
+        );
+        assert_eq!(
+            p.get("net.core.somaxconn").unwrap().desired,
+            Desired::AtLeast(8192)
+        );
+        assert!(p.get("net/core/somaxconn").is_none());
+        let got = issues(
+            "sysctls:\n  vm/overcommit_memory: {equals: 5}\n  vm.swappiness: {equals: 1}\n  vm/swappiness: {equals: 2}\n",
+        );
+        let rendered: Vec<String> = got.iter().map(|i| i.to_string()).collect();
+        assert_eq!(got.len(), 2, "{rendered:#?}");
+        assert!(
+            rendered[0].contains(
+                "sysctls[\"vm/overcommit_memory\"].equals = 5: the kernel accepts only 0, 1 or 2"
+            ),
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered[1].contains("names the same sysctl as \"vm.swappiness\""),
+            "{rendered:#?}"
+        );
     }
 
     #[test]

@@ -143,7 +143,7 @@ fn bad_config_exits_2_names_every_problem_and_writes_nothing() {
             "sysctls[\"net.core.somaxconn\"].at_least = -5",
             "sysctls[\"../x.y\"]",
             "thp.enabled = \"sometimes\"",
-            "bogus: unknown key",
+            "bogus = 1: unknown key",
         ] {
             assert!(
                 out.stderr.contains(needle),
@@ -337,4 +337,182 @@ fn usage_errors_exit_2_and_version_exits_0() {
         v.stdout.trim(),
         format!("redis-node-tuner {}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+#[test]
+fn a_running_daemon_locks_the_state_dir_apply_restore_and_run_exit_6_changing_nothing() {
+    let t = Tree::untuned();
+    assert_eq!(t.run(&["apply"]).code, 0);
+    let journal = t.state_dir().join("originals.json");
+    let recorded = std::fs::read(&journal).expect("journal");
+    // A daemon that holds the lock but never writes (audit mode), in another process.
+    let cfg = t.path("audit.yaml");
+    std::fs::write(&cfg, "mode: audit\n").expect("write config");
+    let cfg_s = cfg.to_string_lossy().into_owned();
+    let d = Daemon::start(&t, &["--config", &cfg_s]);
+    let pid = d.child.id().to_string();
+    t.put(OVERCOMMIT, "2\n");
+
+    for (args, what) in [
+        (vec!["restore"], "restore"),
+        (vec!["apply"], "apply"),
+        (vec!["run", "--listen", ""], "a second run"),
+    ] {
+        let out = t.run(&args);
+        assert_eq!(out.code, 6, "{what}: {out:?}");
+        assert!(
+            out.stderr.contains(&format!(
+                "state directory {} is locked",
+                t.state_dir().display()
+            )) && out.stderr.contains(&format!("(pid {pid})"))
+                && out.stderr.contains("nothing was written"),
+            "{what}: {out:?}"
+        );
+        // Nothing changed: the drifted knob, the tuned ones, the journal.
+        assert_eq!(t.get(OVERCOMMIT), "2\n", "{what}");
+        assert_eq!(t.get(THP_ENABLED), "never\n", "{what}");
+        assert_eq!(
+            std::fs::read(&journal).expect("journal"),
+            recorded,
+            "{what}"
+        );
+    }
+    // check takes no lock.
+    let out = t.run(&["check", "-o", "json"]);
+    assert_eq!(out.code, 1, "{out:?}");
+
+    let (code, logs) = d.sigterm();
+    assert_eq!(code, 0, "{logs}");
+    // Released with the daemon: restore works again.
+    let out = t.run(&["restore"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(t.get(OVERCOMMIT), "0\n");
+    assert_eq!(t.get(THP_ENABLED), "always\n");
+    assert!(!journal.exists());
+}
+
+#[test]
+fn originals_carry_the_boot_id_and_restore_and_check_say_when_it_is_an_earlier_boot() {
+    let t = Tree::untuned();
+    let boot_id = "proc/sys/kernel/random/boot_id";
+    t.put(boot_id, "11111111-aaaa\n");
+    assert_eq!(t.run(&["apply"]).code, 0);
+    let j: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(t.state_dir().join("originals.json")).expect("journal"),
+    )
+    .expect("journal json");
+    assert_eq!(j["version"], 1, "{j}");
+    assert_eq!(
+        j["originals"]["vm.overcommit_memory"]["boot_id"], "11111111-aaaa",
+        "{j}"
+    );
+
+    let originals = |out: &Out| -> Vec<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+        // The existing keys are unchanged.
+        for k in ["ready", "netns", "settings"] {
+            assert!(v.get(k).is_some(), "{k} missing: {v}");
+        }
+        v["journal"]["originals"]
+            .as_array()
+            .cloned()
+            .expect("originals")
+    };
+    let out = t.run(&["check", "-o", "json"]);
+    let o = originals(&out);
+    assert_eq!(o.len(), 5, "{out:?}");
+    let oc = o
+        .iter()
+        .find(|x| x["name"] == "vm.overcommit_memory")
+        .expect("overcommit");
+    assert_eq!(
+        (&oc["value"], &oc["boot_id"], &oc["this_boot"]),
+        (&"0".into(), &"11111111-aaaa".into(), &true.into()),
+        "{out:?}"
+    );
+
+    // A reboot.
+    t.put(boot_id, "22222222-bbbb\n");
+    let out = t.run(&["check", "-o", "json"]);
+    assert!(
+        originals(&out).iter().all(|x| x["this_boot"] == false),
+        "{out:?}"
+    );
+    let out = t.run(&["restore"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains(
+            "note vm.overcommit_memory: its original \"0\" was recorded in an earlier boot (11111111-aaaa, now 22222222-bbbb); restoring it anyway"
+        ),
+        "{out:?}"
+    );
+    assert_eq!(t.get(OVERCOMMIT), "0\n");
+}
+
+#[test]
+fn a_sysctl_with_a_dot_in_a_segment_is_set_through_its_slash_form() {
+    let t = Tree::untuned();
+    let vlan = "proc/sys/net/ipv4/conf/eth0.100/rp_filter";
+    t.put(vlan, "0\n");
+    // What the dotted form would mean instead: must stay untouched.
+    t.put("proc/sys/net/ipv4/conf/eth0/100/rp_filter", "0\n");
+    let cfg = t.path("vlan.yaml");
+    std::fs::write(
+        &cfg,
+        "sysctls:\n  net/ipv4/conf/eth0.100/rp_filter: {equals: 2}\n",
+    )
+    .expect("write config");
+    let cfg_s = cfg.to_string_lossy().into_owned();
+    let out = t.run(&["--config", &cfg_s, "apply"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("changed net/ipv4/conf/eth0.100/rp_filter: 0 -> 2"),
+        "{out:?}"
+    );
+    assert_eq!(t.get(vlan), "2\n");
+    assert_eq!(t.get("proc/sys/net/ipv4/conf/eth0/100/rp_filter"), "0\n");
+
+    let out = t.run(&["--config", &cfg_s, "check", "-o", "json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    assert!(
+        v["settings"].as_array().is_some_and(|s| s
+            .iter()
+            .any(|k| k["name"] == "net/ipv4/conf/eth0.100/rp_filter" && k["actual"] == "2")),
+        "{v}"
+    );
+    let d = Daemon::start(&t, &["--config", &cfg_s]);
+    let m = d.metrics();
+    assert!(
+        m.contains(
+            r#"redis_node_tuner_setting_in_sync{setting="net/ipv4/conf/eth0.100/rp_filter"} 1"#
+        ),
+        "{m}"
+    );
+    let (code, logs) = d.sigterm();
+    assert_eq!(code, 0, "{logs}");
+
+    let out = t.run(&["--config", &cfg_s, "restore"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(t.get(vlan), "0\n");
+
+    // Names that would leave /proc/sys are refused before anything is written.
+    t.put("outside", "0\n");
+    for bad in [
+        "net/../../outside",
+        "/outside",
+        "net//x",
+        "net/./core/somaxconn",
+    ] {
+        std::fs::write(&cfg, format!("sysctls:\n  {bad:?}: {{equals: 1}}\n")).expect("write");
+        let out = t.run(&["--config", &cfg_s, "apply"]);
+        assert_eq!(out.code, 2, "{bad}: {out:?}");
+        assert!(
+            out.stderr.contains(&format!("sysctls[{bad:?}]")),
+            "{bad}: {out:?}"
+        );
+    }
+    assert_eq!(t.get("outside"), "0\n");
+    assert_eq!(t.get(OVERCOMMIT), "0\n");
 }

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use redis_node_tuner::kernel::HostFs;
+use std::os::unix::fs::MetadataExt;
+
+use redis_node_tuner::kernel::{HostFs, NetnsStatus};
 use redis_node_tuner::profile::Profile;
 
 /// A network namespace made by the test, deleted on drop.
@@ -200,12 +202,27 @@ fn a_foreign_proc_root_makes_the_agent_enter_pid1s_network_namespace() {
         "{e}"
     );
     assert_eq!(ns.somaxconn(), "2048");
+
+    // The agent entered PID 1's namespace: its net.* files are opened in the test's namespace
+    // (not this process's), and an outside proof does not replace that.
+    let ns_ino = std::fs::metadata(ns.path()).expect("netns file").ino();
+    let own_ino = std::fs::metadata("/proc/self/ns/net")
+        .expect("own netns")
+        .ino();
+    assert_ne!(ns_ino, own_ino);
+    let entered = NetnsStatus::Entered {
+        ns_file: root.join("1/ns/net"),
+    };
+    assert_eq!(fs.netns(), &entered);
+    assert_eq!(fs.net_ns_ino(), Some(ns_ino));
     fs.assert_host_netns("no effect once entered");
+    assert_eq!(fs.netns(), &entered);
+    assert_eq!(fs.net_ns_ino(), Some(ns_ino));
 }
 
 #[test]
 fn overcommit_and_thp_are_applied_and_restored_on_the_host() {
-    let g = HostGuard::take();
+    let _g = HostGuard::take();
     let tmp = tempfile::tempdir().expect("tmp");
     let state = tmp.path().join("state");
     write(Path::new(OVERCOMMIT_PATH), "0");
@@ -240,13 +257,25 @@ fn overcommit_and_thp_are_applied_and_restored_on_the_host() {
 
     let out = tuner(&["restore"]);
     assert_eq!(out.code, 0, "{out:?}");
+    for line in [
+        "restored vm.overcommit_memory: 0",
+        "restored thp.enabled: always",
+        "restored thp.defrag: madvise",
+    ] {
+        assert!(out.stdout.contains(line), "{line:?} missing: {out:?}");
+    }
+    assert!(
+        !state.join("originals.json").exists(),
+        "journal left after a full restore"
+    );
     assert_eq!(read(Path::new(OVERCOMMIT_PATH)).trim(), "0");
     assert_eq!(selected(&read(&Path::new(THP).join("enabled"))), "always");
     assert_eq!(selected(&read(&Path::new(THP).join("defrag"))), "madvise");
     if has_2m {
         assert_eq!(selected(&read(&size_2m)), "always");
     }
-    assert!(g.get(OVERCOMMIT_PATH).is_some());
+    // The values are the host's, read back by another reader than the agent.
+    assert_eq!(tuner(&["check"]).code, 1);
 }
 
 /// Starts redis-server in `ns`, waits until it is ready (or exits), stops it, and returns the
