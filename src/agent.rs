@@ -658,7 +658,8 @@ mod tests {
         assert_eq!(err.kind, FailureKind::ReadOnlyAgent, "{err:?}");
         assert_eq!(
             tree.get("sys/kernel/mm/transparent_hugepage/enabled"),
-            "always\n"
+            "[always] madvise never\n",
+            "a read-only agent writes nothing"
         );
         let mut slot = JournalSlot::Ready(Journal::load(&tree.dir.path().join("state2")).unwrap());
         let err = correct(&a.fs, &mut slot, t, "always", "madvise").unwrap_err();

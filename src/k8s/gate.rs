@@ -275,7 +275,7 @@ mod tests {
     use kube::runtime::events::Event as KEvent;
 
     use super::*;
-    use crate::agent::{FailureKind, KnobReport};
+    use crate::agent::FailureKind;
     use crate::k8s::marks::tests::{knob, report};
     use crate::k8s::{CONDITION, TAINT_KEY};
     use crate::profile::Mode;
@@ -574,7 +574,7 @@ mod tests {
             [
                 "event CorrectionFailed",
                 "apply label=false",
-                "taints rv=5 [\"redis-node-tuner.io/not-ready:NoSchedule\"]",
+                "taints rv=4 [\"redis-node-tuner.io/not-ready:NoSchedule\"]",
                 "condition False/CorrectionFailed",
             ]
         );
@@ -583,7 +583,7 @@ mod tests {
             g.api.take_log(),
             [
                 "apply label=true",
-                "taints rv=8 []",
+                "taints rv=7 []",
                 "condition True/AllSettingsInSync",
                 "event NodeReady",
             ]
@@ -644,8 +644,8 @@ mod tests {
                 "apply label=true",
                 "taints rv=2 []",
                 "condition True/AllSettingsInSync",
-                "event NodeReady",
                 "event DriftDetected",
+                "event NodeReady",
             ]
         );
     }
@@ -701,7 +701,4 @@ mod tests {
         g.on_timer(t0).await;
         assert_eq!(g.api.take_log(), ["condition True/AllSettingsInSync"]);
     }
-
-    #[allow(dead_code)]
-    fn _unused(_: KnobReport) {}
 }

@@ -260,7 +260,6 @@ pub(crate) mod tests {
             ready,
             netns: String::new(),
             settings,
-            journal: None,
         }
     }
 
