@@ -112,6 +112,14 @@ impl ApiServer {
         }
     }
 
+    /// The apiserver's process id (to pause it with SIGSTOP).
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(|c| c.id())
+            .expect("apiserver running")
+    }
+
     /// Starts again on the same directory and port (data kept).
     pub fn restart(&mut self) {
         self.stop();
@@ -203,6 +211,19 @@ impl ApiServer {
     /// object for `node` and returns a kubeconfig carrying a token bound to that Pod for the
     /// agent's ServiceAccount.
     pub fn agent_kubeconfig(&self, node: &str, host_network: bool) -> PathBuf {
+        // Tolerates its own taint for every effect, as deploy/base does.
+        let tolerations =
+            serde_json::json!([{"key": "redis-node-tuner.io/not-ready", "operator": "Exists"}]);
+        self.agent_kubeconfig_with(node, host_network, tolerations)
+    }
+
+    /// [`ApiServer::agent_kubeconfig`] with the agent Pod's tolerations given.
+    pub fn agent_kubeconfig_with(
+        &self,
+        node: &str,
+        host_network: bool,
+        tolerations: Value,
+    ) -> PathBuf {
         let _ = self.kubectl(&["create", "namespace", "redis-node-tuner"]);
         let rbac = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/access");
         self.ok(&["apply", "--server-side", "-f", &rbac.to_string_lossy()]);
@@ -215,6 +236,7 @@ impl ApiServer {
                 "spec": {
                     "nodeName": node, "serviceAccountName": "redis-node-tuner",
                     "hostNetwork": host_network,
+                    "tolerations": tolerations,
                     "containers": [{"name": "agent", "image": "redis-node-tuner:test"}],
                 },
             }),
