@@ -118,7 +118,9 @@ pub async fn client(
             .await
             .map_err(|e| GateError::InCluster(e.to_string()))?,
     };
-    config.connect_timeout = Some(request_timeout);
+    // A connection that never completes is cut by the request timeout (and counted as one),
+    // not by the client's own longer connect timeout.
+    config.connect_timeout = Some(request_timeout.saturating_mul(2));
     Client::try_from(config).map_err(|e| GateError::Client(e.to_string()))
 }
 
