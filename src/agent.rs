@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::backoff::jittered;
 use crate::journal::Journal;
-use crate::kernel::{HostFs, KernelError, Reading, Target};
+use crate::kernel::{ErrorKind, HostFs, KernelError, Reading, Target};
 use crate::profile::{Mode, Profile};
 use crate::reconcile::{self, Action, Observed, State, StateKind};
 
@@ -27,22 +27,8 @@ impl Serialize for Mode {
 /// Why a knob could not be read or corrected: the `kind` label of failure counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailureKind {
-    /// The file does not exist.
-    Missing,
-    /// EACCES/EPERM: not uid 0, or an LSM denied it.
-    Permission,
-    /// EROFS: the file is on a read-only mount.
-    ReadOnly,
-    /// EINVAL: the kernel refused the value.
-    Invalid,
-    /// The write was accepted but the value read back is not the one wanted.
-    NotApplied,
-    /// A `net.*` knob whose network namespace is not proven to be the host's.
-    NetnsUnverified,
-    /// The file's content is not what this knob holds.
-    Parse,
-    /// Another I/O error.
-    Io,
+    /// The kernel layer failed (see [`ErrorKind`]).
+    Kernel(ErrorKind),
     /// The original could not be recorded (or the journal is unusable): nothing was written.
     Journal,
     /// A read-only command (`check`): nothing is ever written.
@@ -52,46 +38,16 @@ pub enum FailureKind {
 impl FailureKind {
     pub fn as_str(self) -> &'static str {
         match self {
-            FailureKind::Missing => "missing",
-            FailureKind::Permission => "permission",
-            FailureKind::ReadOnly => "read_only",
-            FailureKind::Invalid => "invalid",
-            FailureKind::NotApplied => "not_applied",
-            FailureKind::NetnsUnverified => "netns_unverified",
-            FailureKind::Parse => "parse",
-            FailureKind::Io => "io",
+            FailureKind::Kernel(k) => k.as_str(),
             FailureKind::Journal => "journal",
             FailureKind::ReadOnlyAgent => "read_only_agent",
         }
     }
-
-    /// Every kind, for documentation and tests.
-    pub const ALL: [FailureKind; 10] = [
-        FailureKind::Missing,
-        FailureKind::Permission,
-        FailureKind::ReadOnly,
-        FailureKind::Invalid,
-        FailureKind::NotApplied,
-        FailureKind::NetnsUnverified,
-        FailureKind::Parse,
-        FailureKind::Io,
-        FailureKind::Journal,
-        FailureKind::ReadOnlyAgent,
-    ];
 }
 
 impl From<&KernelError> for FailureKind {
     fn from(e: &KernelError) -> Self {
-        match e {
-            KernelError::NotFound { .. } => FailureKind::Missing,
-            KernelError::PermissionDenied { .. } => FailureKind::Permission,
-            KernelError::ReadOnly { .. } => FailureKind::ReadOnly,
-            KernelError::Rejected { .. } => FailureKind::Invalid,
-            KernelError::Io { .. } => FailureKind::Io,
-            KernelError::Parse { .. } => FailureKind::Parse,
-            KernelError::NotApplied { .. } => FailureKind::NotApplied,
-            KernelError::NetnsUnverified { .. } => FailureKind::NetnsUnverified,
-        }
+        FailureKind::Kernel(e.kind())
     }
 }
 
@@ -663,7 +619,11 @@ mod tests {
         );
         let mut slot = JournalSlot::Ready(Journal::load(&tree.dir.path().join("state2")).unwrap());
         let err = correct(&a.fs, &mut slot, t, "always", "madvise").unwrap_err();
-        assert_eq!(err.kind, FailureKind::NotApplied, "{err:?}");
+        assert_eq!(
+            err.kind,
+            FailureKind::Kernel(ErrorKind::NotApplied),
+            "{err:?}"
+        );
         assert!(
             err.message.contains("wrote \"madvise\"")
                 && err.message.contains("reads back \"madvise\""),

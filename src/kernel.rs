@@ -142,18 +142,60 @@ impl KernelError {
         }
     }
 
-    /// A short stable word for metrics and JSON.
-    pub fn kind(&self) -> &'static str {
+    /// Why it failed, as a stable word for metrics, logs and JSON.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            KernelError::NotFound { .. } => "not_found",
-            KernelError::PermissionDenied { .. } => "permission_denied",
-            KernelError::ReadOnly { .. } => "read_only",
-            KernelError::Rejected { .. } => "rejected",
-            KernelError::Io { .. } => "io",
-            KernelError::Parse { .. } => "parse",
-            KernelError::NotApplied { .. } => "not_applied",
-            KernelError::NetnsUnverified { .. } => "netns_unverified",
+            KernelError::NotFound { .. } => ErrorKind::Missing,
+            KernelError::PermissionDenied { .. } => ErrorKind::Permission,
+            KernelError::ReadOnly { .. } => ErrorKind::ReadOnly,
+            KernelError::Rejected { .. } => ErrorKind::Invalid,
+            KernelError::Io { .. } => ErrorKind::Io,
+            KernelError::Parse { .. } => ErrorKind::Parse,
+            KernelError::NotApplied { .. } => ErrorKind::NotApplied,
+            KernelError::NetnsUnverified { .. } => ErrorKind::NetnsUnverified,
         }
+    }
+}
+
+/// The kind of a [`KernelError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The file does not exist.
+    Missing,
+    /// EACCES/EPERM: not uid 0, or an LSM denied it.
+    Permission,
+    /// EROFS: the file is on a read-only mount.
+    ReadOnly,
+    /// EINVAL: the kernel refused the value.
+    Invalid,
+    /// Another I/O error.
+    Io,
+    /// The file's content is not what this knob holds.
+    Parse,
+    /// The write was accepted but the value read back is not the one wanted.
+    NotApplied,
+    /// A `net.*` knob whose network namespace is not proven to be the host's.
+    NetnsUnverified,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Missing => "missing",
+            ErrorKind::Permission => "permission",
+            ErrorKind::ReadOnly => "read_only",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Io => "io",
+            ErrorKind::Parse => "parse",
+            ErrorKind::NotApplied => "not_applied",
+            ErrorKind::NetnsUnverified => "netns_unverified",
+        }
+    }
+}
+
+impl PartialEq<&str> for ErrorKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
     }
 }
 
@@ -778,7 +820,7 @@ pub(crate) mod tests {
         let e = fs
             .read(target(&mut ts, "vm.overcommit_memory"))
             .unwrap_err();
-        assert_eq!(e.kind(), "not_found");
+        assert_eq!(e.kind(), "missing");
         assert!(
             e.to_string().contains("proc/sys/vm/overcommit_memory"),
             "{e}"
@@ -803,7 +845,7 @@ pub(crate) mod tests {
         let e = fs
             .write(target(&mut ts, "vm.overcommit_memory"), "1")
             .unwrap_err();
-        assert_eq!(e.kind(), "not_found");
+        assert_eq!(e.kind(), "missing");
         assert!(
             !tree
                 .dir
@@ -820,9 +862,9 @@ pub(crate) mod tests {
             KernelError::from_io("k", p, "write", value, &io::Error::from_raw_os_error(errno))
                 .kind()
         };
-        assert_eq!(k(libc::ENOENT, Some("1")), "not_found");
-        assert_eq!(k(libc::EACCES, Some("1")), "permission_denied");
-        assert_eq!(k(libc::EPERM, Some("1")), "permission_denied");
+        assert_eq!(k(libc::ENOENT, Some("1")), "missing");
+        assert_eq!(k(libc::EACCES, Some("1")), "permission");
+        assert_eq!(k(libc::EPERM, Some("1")), "permission");
         assert_eq!(k(libc::EROFS, Some("1")), "read_only");
         assert_eq!(k(libc::EINVAL, Some("1")), "rejected");
         assert_eq!(k(libc::EINVAL, None), "io");
@@ -856,7 +898,7 @@ pub(crate) mod tests {
         if !has_dac_override() {
             // Not root, or root without the capability (the child below).
             let e = r.unwrap_err();
-            assert_eq!(e.kind(), "permission_denied", "{e}");
+            assert_eq!(e.kind(), "permission", "{e}");
             assert!(
                 e.to_string().contains("proc/sys/vm/overcommit_memory"),
                 "{e}"

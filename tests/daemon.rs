@@ -98,6 +98,23 @@ fn live_metrics_pass_promtool() {
         .metrics()
         .contains("redis_node_tuner_node_ready 1")));
     let body = d.metrics();
+    promtool_check_metrics(&promtool, &body);
+    for name in [
+        "redis_node_tuner_setting_in_sync",
+        "redis_node_tuner_node_ready",
+        "redis_node_tuner_drift_detected_total",
+        "redis_node_tuner_corrections_total",
+        "redis_node_tuner_setting_desired_value",
+        "redis_node_tuner_setting_actual_value",
+        "redis_node_tuner_check_duration_seconds_bucket",
+        "redis_node_tuner_build_info",
+    ] {
+        assert!(body.contains(name), "{name} missing:\n{body}");
+    }
+}
+
+/// `promtool check metrics` on an exposition; fails the test with promtool's words.
+fn promtool_check_metrics(promtool: &std::path::Path, body: &str) {
     let mut child = std::process::Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -115,18 +132,31 @@ fn live_metrics_pass_promtool() {
         out.code, 0,
         "promtool check metrics failed: {out:?}\n{body}"
     );
-    for name in [
-        "redis_node_tuner_setting_in_sync",
-        "redis_node_tuner_node_ready",
-        "redis_node_tuner_drift_detected_total",
-        "redis_node_tuner_corrections_total",
-        "redis_node_tuner_setting_desired_value",
-        "redis_node_tuner_setting_actual_value",
-        "redis_node_tuner_check_duration_seconds_bucket",
-        "redis_node_tuner_build_info",
-    ] {
-        assert!(body.contains(name), "{name} missing:\n{body}");
-    }
+}
+
+#[test]
+fn failures_are_counted_by_kind_and_pass_promtool() {
+    let promtool = require("promtool");
+    let t = Tree::untuned();
+    let d = Daemon::start(&t, &["--interval", "200ms"]);
+    assert!(wait_for(Duration::from_secs(10), || d
+        .metrics()
+        .contains("redis_node_tuner_node_ready 1")));
+    // THP defrag drifts behind its back and cannot be written back (a directory took the
+    // file's place; the agent reads the drifted value through its kept descriptor).
+    t.break_knob(THP_DEFRAG, "always defer defer+madvise [madvise] never\n");
+    let series = "redis_node_tuner_correction_failures_total{setting=\"thp.defrag\",kind=\"io\"}";
+    assert!(
+        wait_for(Duration::from_secs(10), || d.metrics().contains(series)),
+        "{}",
+        d.metrics()
+    );
+    let body = d.metrics();
+    assert!(
+        body.contains("redis_node_tuner_setting_contested{setting=\"thp.defrag\"} 0"),
+        "{body}"
+    );
+    promtool_check_metrics(&promtool, &body);
 }
 
 #[test]

@@ -473,7 +473,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn client(kubeconfig: &Path) -> kube::Client {
-    redis_node_tuner::k8s::client(Some(kubeconfig))
+    redis_node_tuner::k8s::client(Some(kubeconfig), std::time::Duration::from_secs(10))
         .await
         .expect("client")
 }

@@ -195,7 +195,7 @@ fn a_foreign_proc_root_makes_the_agent_enter_pid1s_network_namespace() {
     let profile = Profile::from_yaml(&read(Path::new(&cfg))).expect("profile");
     let mut targets = fs.resolve(&profile);
     let e = fs.write(&mut targets[0], "-1").expect_err("EINVAL");
-    assert_eq!(e.kind(), "rejected", "{e}");
+    assert_eq!(e.kind(), "invalid", "{e}");
     assert!(
         e.to_string().contains("net.core.somaxconn")
             && e.to_string().contains("somaxconn (EINVAL)"),

@@ -120,7 +120,7 @@ mod tests {
         let e = event_for(&Event::ReadFailed {
             knob: "thp.enabled".into(),
             error: error.clone(),
-            kind: FailureKind::Parse,
+            kind: FailureKind::Kernel(crate::kernel::ErrorKind::Parse),
         });
         let note = e.note.unwrap_or_default();
         assert!(note.len() <= MESSAGE_MAX && error.starts_with(&note));

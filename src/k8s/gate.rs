@@ -283,7 +283,6 @@ mod tests {
     /// What the fake does with the next request.
     #[derive(Debug, Clone, Copy, PartialEq)]
     enum Fault {
-        Conflict,
         Timeout,
     }
 
@@ -338,10 +337,6 @@ mod tests {
             self.log.borrow_mut().push(line);
             match self.faults.borrow_mut().pop_front() {
                 None => Ok(()),
-                Some(Fault::Conflict) => Err(GateError::Conflict {
-                    node: "n1".into(),
-                    attempts: 1,
-                }),
                 Some(Fault::Timeout) => Err(GateError::Timeout {
                     node: "n1".into(),
                     verb: "test",
@@ -563,7 +558,7 @@ mod tests {
             &Event::CorrectionFailed {
                 knob: "thp.enabled".into(),
                 error: "thp.enabled: read-only file system".into(),
-                kind: FailureKind::ReadOnly,
+                kind: FailureKind::Kernel(crate::kernel::ErrorKind::ReadOnly),
             },
             t0,
         )

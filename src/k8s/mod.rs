@@ -185,7 +185,7 @@ pub struct GateInputs {
 enum Input {
     Report(Arc<Report>),
     Event(Event),
-    Node(Option<Node>),
+    Node(Box<Option<Node>>),
     Pod(PodFacts),
     Timer,
 }
@@ -226,7 +226,7 @@ pub async fn run(prepared: Prepared, mut inputs: GateInputs) -> Result<(), GateE
             }
             e = inputs.events.recv() => match e { Some(e) => Input::Event(e), None => break },
             n = node_rx.recv() => match n {
-                Some(n) => Input::Node(n),
+                Some(n) => Input::Node(Box::new(n)),
                 None => {
                     result = Err(GateError::Client("the Node watch task ended".into()));
                     break;
@@ -243,7 +243,7 @@ pub async fn run(prepared: Prepared, mut inputs: GateInputs) -> Result<(), GateE
                 match input {
                     Input::Report(r) => gate.on_report(r, now).await,
                     Input::Event(e) => gate.on_event(&e, now).await,
-                    Input::Node(n) => gate.on_node(n, now).await,
+                    Input::Node(n) => gate.on_node(*n, now).await,
                     Input::Timer => gate.on_timer(now).await,
                     Input::Pod(facts) => {
                         check_tolerated(&facts, &opts)?;
