@@ -1,6 +1,7 @@
 //! The agent: observe every knob, diff against the profile, correct enforce-mode drift (after
 //! journalling the original), and produce a [`Report`] plus the [`Event`]s of this pass.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -183,6 +184,10 @@ pub struct Agent {
     memory: Vec<Memory>,
     journal: JournalSlot,
     interval: Duration,
+    /// The last pass's report, reused while nothing changed.
+    last: Option<Arc<Report>>,
+    /// Something outside the knobs changed (the network-namespace proof): the next pass is full.
+    dirty: bool,
 }
 
 /// The wait after `failures` failed corrections: the interval doubling up to [`MAX_BACKOFF`],
@@ -203,6 +208,8 @@ impl Agent {
             fs,
             journal,
             interval: profile.interval,
+            last: None,
+            dirty: true,
         }
     }
 
@@ -211,6 +218,7 @@ impl Agent {
     }
 
     pub fn fs_mut(&mut self) -> &mut HostFs {
+        self.dirty = true;
         &mut self.fs
     }
 
@@ -247,8 +255,27 @@ impl Agent {
         (self.report(settings), changes)
     }
 
-    /// One pass: observe, correct enforce-mode drift (journal first), report.
-    pub fn reconcile(&mut self, now: Instant) -> (Report, Vec<Event>) {
+    /// One pass: observe, correct enforce-mode drift (journal first), report. In the steady
+    /// state (no knob's bytes changed since the last pass, no correction pending or just made,
+    /// nothing else changed) the previous report is returned as it is, without events: one
+    /// `pread` per knob and no allocation.
+    pub fn reconcile(&mut self, now: Instant) -> (Arc<Report>, Vec<Event>) {
+        if let Some(last) = &self.last
+            && !self.dirty
+            && self
+                .memory
+                .iter()
+                .all(|m| m.retry_at.is_none() && !m.corrected)
+            && self.targets.iter().all(|t| self.fs.unchanged(t))
+        {
+            return (last.clone(), Vec::new());
+        }
+        self.reconcile_uncached(now)
+    }
+
+    /// One pass without the steady-state shortcut: every knob read, parsed and evaluated.
+    pub fn reconcile_uncached(&mut self, now: Instant) -> (Arc<Report>, Vec<Event>) {
+        self.dirty = false;
         let mut events = vec![];
         let mut settings = Vec::with_capacity(self.targets.len());
         for (t, mem) in self.targets.iter_mut().zip(self.memory.iter_mut()) {
@@ -330,7 +357,9 @@ impl Agent {
         for e in &events {
             log_event(e);
         }
-        (self.report(settings), events)
+        let report = Arc::new(self.report(settings));
+        self.last = Some(report.clone());
+        (report, events)
     }
 
     fn report(&self, settings: Vec<KnobReport>) -> Report {
@@ -673,5 +702,36 @@ mod tests {
         tree.put("proc/sys/vm/overcommit_memory", "0\n");
         let (r, _) = a.reconcile(t0);
         assert_eq!(flag(&r), Some(false));
+    }
+
+    #[test]
+    fn the_steady_state_reuses_the_report_until_a_byte_changes() {
+        let tree = FakeTree::untuned();
+        let mut a = agent(&tree, &Profile::default(), &tree.dir.path().join("state"));
+        let t0 = Instant::now();
+        let (first, events) = a.reconcile(t0);
+        assert!(!events.is_empty());
+        // The pass after a correction is a full one; then nothing changes.
+        let (second, _) = a.reconcile(t0);
+        assert!(!Arc::ptr_eq(&first, &second));
+        let (third, events) = a.reconcile(t0);
+        assert!(Arc::ptr_eq(&second, &third) && events.is_empty());
+        // The same length, other bytes: noticed and corrected.
+        tree.put("proc/sys/vm/overcommit_memory", "2\n");
+        let (fourth, events) = a.reconcile(t0);
+        assert!(!Arc::ptr_eq(&third, &fourth));
+        assert!(
+            events.iter().any(
+                |e| matches!(e, Event::Corrected { knob, .. } if knob == "vm.overcommit_memory")
+            )
+        );
+        assert_eq!(tree.get("proc/sys/vm/overcommit_memory"), "1\n");
+        // A changed network-namespace status makes the next pass full.
+        let (fifth, _) = a.reconcile(t0);
+        let (sixth, _) = a.reconcile(t0);
+        assert!(Arc::ptr_eq(&fifth, &sixth));
+        a.fs_mut().assert_host_netns("test");
+        let (seventh, _) = a.reconcile(t0);
+        assert!(!Arc::ptr_eq(&sixth, &seventh));
     }
 }

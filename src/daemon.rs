@@ -68,6 +68,7 @@ fn enforce_loop(
     let mut was_ready: Option<bool> = None;
     let mut notified = false;
     let mut next = Instant::now();
+    let mut last: Option<Arc<Report>> = None;
     loop {
         loop {
             let now = Instant::now();
@@ -86,6 +87,12 @@ fn enforce_loop(
         }
         let start = Instant::now();
         let (report, events) = agent.reconcile(start);
+        next = (start + interval).max(Instant::now());
+        if last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &report)) {
+            // Steady state: the same report; only the pass's duration is new.
+            metrics.observe_duration(start.elapsed());
+            continue;
+        }
         metrics.observe(&report, &events, start.elapsed());
         if !notified {
             // systemd Type=notify: started once the first apply pass completed.
@@ -112,8 +119,8 @@ fn enforce_loop(
                 }
             }
         }
-        out.reports.send_replace(Some(Arc::new(report)));
-        next = (start + interval).max(Instant::now());
+        out.reports.send_replace(Some(report.clone()));
+        last = Some(report);
     }
 }
 

@@ -523,6 +523,8 @@ impl HostFs {
             }
             None => 0,
         };
+        t.last_raw.clear();
+        t.last_raw.extend_from_slice(&buf[..n]);
         parse(t, &buf[..n])
             .map(Some)
             .map_err(|expected| KernelError::Parse {
@@ -531,6 +533,26 @@ impl HostFs {
                 content: String::from_utf8_lossy(&buf[..n]).into_owned(),
                 expected,
             })
+    }
+
+    /// Whether a knob still holds the bytes its last read saw: one `pread` into a stack
+    /// buffer, nothing allocated. `false` when it cannot tell (no kept descriptor, an error): the
+    /// caller then reads it in full. A knob whose result does not depend on the file (not
+    /// applicable, or `net.*` in an unverified namespace) is unchanged.
+    pub fn unchanged(&self, t: &Target) -> bool {
+        let unverified =
+            matches!(self.netns, NetnsStatus::Unverified { .. }) && t.location.is_net();
+        if t.not_applicable || unverified {
+            return true;
+        }
+        let Some(fd) = &t.fd else {
+            return false;
+        };
+        let mut buf = [0u8; 512];
+        match fd.read_at(&mut buf, 0) {
+            Ok(n) => t.last_raw[..] == buf[..n],
+            Err(_) => false,
+        }
     }
 
     /// Writes `value` to a knob and reads it back.
@@ -627,6 +649,8 @@ pub struct Target {
     pub mode: crate::profile::Mode,
     not_applicable: bool,
     fd: Option<File>,
+    /// The bytes of the last successful read (capacity kept: no allocation in steady state).
+    last_raw: Vec<u8>,
 }
 
 impl Target {
@@ -640,6 +664,7 @@ impl Target {
             mode: s.mode,
             not_applicable: false,
             fd: None,
+            last_raw: Vec::new(),
         }
     }
 
@@ -659,6 +684,7 @@ impl Target {
             mode: crate::profile::Mode::Enforce,
             not_applicable: false,
             fd: None,
+            last_raw: Vec::new(),
         }
     }
 }
@@ -866,7 +892,7 @@ pub(crate) mod tests {
         assert_eq!(k(libc::EACCES, Some("1")), "permission");
         assert_eq!(k(libc::EPERM, Some("1")), "permission");
         assert_eq!(k(libc::EROFS, Some("1")), "read_only");
-        assert_eq!(k(libc::EINVAL, Some("1")), "rejected");
+        assert_eq!(k(libc::EINVAL, Some("1")), "invalid");
         assert_eq!(k(libc::EINVAL, None), "io");
         assert_eq!(k(libc::EIO, None), "io");
     }

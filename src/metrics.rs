@@ -161,9 +161,14 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Records the duration of a pass whose report did not change.
+    pub fn observe_duration(&self, took: Duration) {
+        self.check_duration.observe(took.as_secs_f64());
+    }
+
     /// Records one pass.
     pub fn observe(&self, report: &Report, events: &[Event], took: Duration) {
-        self.check_duration.observe(took.as_secs_f64());
+        self.observe_duration(took);
         self.node_ready.set(i64::from(report.ready));
         let first = !self.initialized.swap(true, Ordering::Relaxed);
         for k in &report.settings {
