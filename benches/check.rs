@@ -28,63 +28,16 @@
 use std::fs::File;
 use std::hint::black_box;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
+
+mod support;
 use redis_node_tuner::agent::{Agent, JournalSlot};
 use redis_node_tuner::kernel::HostFs;
 use redis_node_tuner::profile::Profile;
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn roots() -> (PathBuf, PathBuf) {
-    (
-        PathBuf::from(env_or("BENCH_PROC_ROOT", "/proc")),
-        PathBuf::from(env_or("BENCH_SYS_ROOT", "/sys")),
-    )
-}
-
-/// The knob files of the default profile, found the way the issue describes them
-/// (independently of the agent's resolver, so a resolver change shows up as a count mismatch).
-fn knob_files(proc_root: &Path, sys_root: &Path) -> Vec<PathBuf> {
-    let thp = sys_root.join("kernel/mm/transparent_hugepage");
-    let mut files = vec![
-        proc_root.join("sys/vm/overcommit_memory"),
-        proc_root.join("sys/net/core/somaxconn"),
-        thp.join("enabled"),
-        thp.join("defrag"),
-    ];
-    let mut sizes: Vec<(u64, PathBuf)> = std::fs::read_dir(&thp)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let name = e.file_name().into_string().ok()?;
-                    let kb: u64 = name
-                        .strip_prefix("hugepages-")?
-                        .strip_suffix("kB")?
-                        .parse()
-                        .ok()?;
-                    let f = e.path().join("enabled");
-                    f.is_file().then_some((kb, f))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    sizes.sort();
-    files.extend(sizes.into_iter().map(|(_, f)| f));
-    files
-}
+use support::{env_u64, knob_files, median, pread_kept, roots};
 
 fn new_agent(proc_root: &Path, sys_root: &Path, profile: &Profile) -> Agent {
     Agent::new(HostFs::new(proc_root, sys_root), profile, JournalSlot::None)
@@ -133,17 +86,6 @@ fn std_fs_read(files: &[PathBuf]) -> usize {
         .iter()
         .map(|f| std::fs::read(f).expect("read").len())
         .sum()
-}
-
-#[inline(never)]
-fn pread_kept(fds: &[File]) -> usize {
-    let mut total = 0;
-    let mut buf = [0u8; 512];
-    for fd in fds {
-        total += fd.read_at(&mut buf, 0).expect("pread");
-        black_box(&buf);
-    }
-    total
 }
 
 /// The agent and the floors over the same files, checked to read the same thing.
@@ -197,11 +139,6 @@ fn bench_observe(c: &mut Criterion) {
         })
     });
     g.finish();
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// Per-call nanoseconds of `f` over a batch of `n` calls.
@@ -284,12 +221,7 @@ fn main() {
     Criterion::default().configure_from_args().final_summary();
     // As criterion decides: `cargo bench` passes --bench; `cargo test --benches` does not
     // (test mode), nor do --test, --list or --profile-time measure.
-    let args: Vec<String> = std::env::args().collect();
-    let has = |flag: &str| {
-        args.iter()
-            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
-    };
-    let benching = has("--bench") && !has("--test") && !has("--list") && !has("--profile-time");
+    let benching = support::benching();
     let rounds = env_u64("BENCH_INTERLEAVE_ROUNDS", 41);
     if benching && rounds > 0 {
         interleaved(rounds);
