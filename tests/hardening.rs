@@ -223,7 +223,8 @@ fn the_agent_refuses_to_start_when_its_pod_does_not_tolerate_its_taint_effect() 
     // It refused before its first pass: nothing was written, no mark was set.
     assert_eq!(t.get(OVERCOMMIT), "0\n");
     assert!(!t.state_dir().join("originals.json").exists());
-    assert!(taint_keys(&api.node("db-1")).is_empty());
+    assert!(!taint_keys(&api.node("db-1")).contains(&TAINT.to_string()));
+    assert!(condition(&api.node("db-1"), COND).is_none());
 
     // The same Pod with the NoSchedule effect it tolerates starts and tunes.
     let d = Daemon::start_kube(&t, &kc, "db-1", &pod);
