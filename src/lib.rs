@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod cli;
+pub mod commands;
 pub mod daemon;
 pub mod http;
 pub mod journal;

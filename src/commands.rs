@@ -1,0 +1,246 @@
+//! The one-shot commands: `check`, `apply` (and `--dry-run`), `restore`. Each reads or
+//! writes through the agent and the journal, prints for people (or JSON), and returns the
+//! exit code; `cli` parses and dispatches to them, `daemon` runs `run`.
+
+use std::io::Write;
+use std::time::Instant;
+
+use crate::agent::{Agent, Event, Report};
+use crate::cli::{Exit, Output};
+use crate::journal::{self, Journal, JournalError};
+use crate::kernel::{HostFs, Target};
+
+/// A journal that cannot be used by `apply`/`restore`/`run`: exit 6 when another process holds
+/// it, else 4.
+pub(crate) fn journal_failed(e: &JournalError) -> Exit {
+    eprintln!("error: {e}\nnothing was written");
+    match e {
+        JournalError::Locked { .. } => Exit::Locked,
+        _ => Exit::Journal,
+    }
+}
+
+pub(crate) fn print_table(report: &Report) {
+    let mut rows = vec![[
+        "SETTING".to_string(),
+        "DESIRED".into(),
+        "ACTUAL".into(),
+        "MODE".into(),
+        "STATE".into(),
+    ]];
+    for k in &report.settings {
+        rows.push([
+            k.name.clone(),
+            k.desired.clone(),
+            k.actual.clone().unwrap_or_else(|| "-".into()),
+            k.mode.to_string(),
+            k.state.as_str().to_string(),
+        ]);
+    }
+    let mut width = [0usize; 5];
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    for r in &rows {
+        let line = r
+            .iter()
+            .zip(width)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    for k in &report.settings {
+        if let Some(e) = &k.error {
+            let _ = writeln!(out, "{e}");
+        }
+    }
+    let failing = report.failing().count();
+    let _ = if report.ready {
+        writeln!(out, "node: ready")
+    } else {
+        writeln!(
+            out,
+            "node: not ready ({failing} enforce-mode setting(s) out of sync)"
+        )
+    };
+}
+
+/// The `journal` key of `check --output json`: the recorded originals (read without the lock)
+/// with the boot they were recorded in.
+pub(crate) fn journal_json(
+    state_dir: &std::path::Path,
+    boot_id: Option<&str>,
+) -> serde_json::Value {
+    let mut j = serde_json::json!({
+        "path": state_dir.join(journal::FILE_NAME).display().to_string(),
+        "boot_id": boot_id,
+    });
+    match journal::read(state_dir) {
+        Ok(originals) => {
+            j["originals"] = originals
+                .iter()
+                .map(|(name, o)| {
+                    serde_json::json!({
+                        "name": name,
+                        "value": o.value,
+                        "recorded_at": o.recorded_at,
+                        "boot_id": o.boot_id,
+                        "this_boot": o.boot_id.as_deref().zip(boot_id).map(|(a, b)| a == b),
+                    })
+                })
+                .collect();
+        }
+        Err(e) => j["error"] = e.to_string().into(),
+    }
+    j
+}
+
+pub(crate) fn check(
+    mut agent: Agent,
+    output: Output,
+    state_dir: &std::path::Path,
+    boot_id: Option<String>,
+) -> Exit {
+    let report = agent.observe();
+    match output {
+        Output::Text => print_table(&report),
+        Output::Json => {
+            let rendered = serde_json::to_value(&report).and_then(|mut v| {
+                v["journal"] = journal_json(state_dir, boot_id.as_deref());
+                serde_json::to_string_pretty(&v)
+            });
+            match rendered {
+                Ok(s) => println!("{s}"),
+                Err(e) => eprintln!("error: cannot render JSON: {e}"),
+            }
+        }
+    }
+    if report.unreadable() {
+        Exit::Unreadable
+    } else if report.ready {
+        Exit::Ok
+    } else {
+        Exit::NotReady
+    }
+}
+
+pub(crate) fn dry_run(mut agent: Agent) -> Exit {
+    let (report, changes) = agent.plan();
+    for (knob, from, to) in &changes {
+        println!("would change {knob}: {from} -> {to}");
+    }
+    for k in report
+        .failing()
+        .filter(|k| k.state == crate::reconcile::StateKind::Error)
+    {
+        println!(
+            "cannot change {}: {}",
+            k.name,
+            k.error.as_deref().unwrap_or("?")
+        );
+    }
+    if report.ready {
+        println!("nothing to change");
+        Exit::Ok
+    } else {
+        Exit::NotReady
+    }
+}
+
+pub(crate) fn apply(mut agent: Agent) -> Exit {
+    let (_, events) = agent.reconcile(Instant::now());
+    for e in &events {
+        match e {
+            Event::Corrected { knob, from, to } => println!("changed {knob}: {from} -> {to}"),
+            Event::CorrectionFailed { error, .. } => println!("failed {error}"),
+            _ => {}
+        }
+    }
+    // Verify from a fresh read of every knob, not from the write path's own read-back.
+    let report = agent.observe();
+    print_table(&report);
+    if report.ready {
+        Exit::Ok
+    } else {
+        Exit::NotReady
+    }
+}
+
+pub(crate) fn restore(fs: &HostFs, state_dir: &std::path::Path, boot_id: Option<String>) -> Exit {
+    if !state_dir.exists() {
+        println!(
+            "nothing to restore: no originals recorded in {}",
+            state_dir.join(journal::FILE_NAME).display()
+        );
+        return Exit::Ok;
+    }
+    let journal = match Journal::load(state_dir) {
+        Ok(j) => j,
+        Err(e) => return journal_failed(&e),
+    };
+    if journal.originals().is_empty() {
+        println!(
+            "nothing to restore: no originals recorded in {}",
+            journal.path().display()
+        );
+        return Exit::Ok;
+    }
+    let mut failed = 0;
+    for (knob, original) in journal.originals() {
+        if original.location.is_net()
+            && original.netns.is_some()
+            && original.netns != fs.net_ns_ino()
+        {
+            failed += 1;
+            println!(
+                "failed {knob}: its original was recorded in network namespace net:[{}], this is {}; run restore there",
+                original.netns.unwrap_or_default(),
+                fs.net_ns_ino()
+                    .map(|i| format!("net:[{i}]"))
+                    .unwrap_or_else(|| "an unverified one".into())
+            );
+            continue;
+        }
+        if let (Some(then), Some(now)) = (&original.boot_id, &boot_id)
+            && then != now
+        {
+            println!(
+                "note {knob}: its original {:?} was recorded in an earlier boot ({then}, now {now}); restoring it anyway",
+                original.value
+            );
+        }
+        let mut t = Target::for_restore(knob, original.location.clone());
+        match fs.write(&mut t, &original.value) {
+            Ok(r) if r.value == original.value => println!("restored {knob}: {}", original.value),
+            Ok(r) => {
+                failed += 1;
+                println!(
+                    "failed {knob}: wrote {:?} but it reads back {:?}",
+                    original.value, r.value
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                println!("failed {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        println!(
+            "{failed} original(s) not restored; the journal {} is kept",
+            journal.path().display()
+        );
+        return Exit::NotReady;
+    }
+    match journal.remove() {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            eprintln!("error: every original was restored, but {e}");
+            Exit::Journal
+        }
+    }
+}
