@@ -124,10 +124,11 @@ fn enforce_loop(
     }
 }
 
-/// The enforce thread and its control channel.
+/// The enforce thread and its control channel. `done` resolves when the thread ends (a panic
+/// included: the sender is dropped).
 struct Enforcer {
     ctl: std_mpsc::Sender<Control>,
-    done: tokio::sync::oneshot::Receiver<()>,
+    done: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Enforcer {
@@ -140,14 +141,19 @@ impl Enforcer {
                 enforce_loop(agent, metrics, out, rx);
                 let _ = done_tx.send(());
             })?;
-        Ok(Enforcer { ctl, done })
+        Ok(Enforcer {
+            ctl,
+            done: Some(done),
+        })
     }
 
     /// Stops after the current pass; gives up waiting after `bound` (a pass blocked in the
     /// kernel must not hold the process).
     async fn stop(self, bound: Duration) {
         let _ = self.ctl.send(Control::Stop);
-        if tokio::time::timeout(bound, self.done).await.is_err() {
+        if let Some(done) = self.done
+            && tokio::time::timeout(bound, done).await.is_err()
+        {
             tracing::warn!("the enforce pass did not finish in time; exiting anyway");
         }
     }
@@ -198,7 +204,7 @@ pub async fn run(
         netns = %agent.fs().netns().describe(),
         "enforce loop started"
     );
-    let enforcer = Enforcer::spawn(agent, metrics.clone(), out).map_err(DaemonError::Start)?;
+    let mut enforcer = Enforcer::spawn(agent, metrics.clone(), out).map_err(DaemonError::Start)?;
     let gate = gate_parts.map(|(prepared, events)| {
         let ctl = enforcer.ctl.clone();
         let inputs = k8s::GateInputs {
@@ -212,7 +218,7 @@ pub async fn run(
         tokio::spawn(k8s::run(prepared, inputs))
     });
     let server = listener.map(|l| tokio::spawn(http::serve(l, metrics.clone(), health.clone())));
-    let result = supervise(gate, &health, stop_tx).await;
+    let result = supervise(gate, &mut enforcer.done, &health, stop_tx).await;
     enforcer.stop(Duration::from_secs(2)).await;
     crate::notify::notify("STOPPING=1");
     if let Some(s) = server {
@@ -225,11 +231,12 @@ pub async fn run(
 /// by the request timeout; this bounds the rest).
 const GATE_STOP_SLACK: Duration = Duration::from_secs(2);
 
-/// Waits for SIGTERM/SIGINT or the death of the gate. A gate that ends on its own (an error, a
-/// panic) marks `/healthz` failed and makes the process exit non-zero, so the kubelet or
-/// systemd restarts it rather than letting it run half-blind.
+/// Waits for SIGTERM/SIGINT or the death of a critical task: the gate or the enforce thread.
+/// One that ends on its own (an error, a panic) marks `/healthz` failed and makes the process
+/// exit non-zero, so the kubelet or systemd restarts it rather than letting it run half-blind.
 async fn supervise(
     gate: Option<tokio::task::JoinHandle<Result<(), GateError>>>,
+    enforcer: &mut Option<tokio::sync::oneshot::Receiver<()>>,
     health: &Health,
     stop: watch::Sender<bool>,
 ) -> Result<(), DaemonError> {
@@ -239,6 +246,15 @@ async fn supervise(
     let died = tokio::select! {
         _ = term.recv() => { tracing::info!("SIGTERM: stopping"); None }
         _ = int.recv() => { tracing::info!("SIGINT: stopping"); None }
+        _ = async {
+            match enforcer.as_mut() {
+                Some(done) => { let _ = done.await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {
+            *enforcer = None;
+            Some("the enforce loop ended".to_string())
+        }
         r = async {
             match gate.as_mut() {
                 Some(g) => g.await,
@@ -286,7 +302,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
             panic!("gate bug");
         });
-        let r = supervise(Some(gate), &health, stop).await;
+        let r = supervise(Some(gate), &mut None, &health, stop).await;
         assert!(
             matches!(&r, Err(DaemonError::TaskDied(why)) if why.contains("gate bug")),
             "{r:?}"
@@ -300,8 +316,26 @@ mod tests {
         let health = Health::new(rx);
         let (stop, _) = watch::channel(false);
         let gate = tokio::spawn(async { Ok(()) });
-        let r = supervise(Some(gate), &health, stop).await;
+        let r = supervise(Some(gate), &mut None, &health, stop).await;
         assert!(matches!(r, Err(DaemonError::TaskDied(_))), "{r:?}");
+        assert!(health.dead().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_enforce_thread_is_a_death_too() {
+        let (_reports, rx) = watch::channel(None);
+        let health = Health::new(rx);
+        let (stop, _) = watch::channel(false);
+        let (tx, done) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let _keep = tx;
+            panic!("enforce bug");
+        });
+        let r = supervise(None, &mut Some(done), &health, stop).await;
+        assert!(
+            matches!(&r, Err(DaemonError::TaskDied(why)) if why.contains("enforce loop")),
+            "{r:?}"
+        );
         assert!(health.dead().is_some());
     }
 }
