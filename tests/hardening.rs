@@ -4,7 +4,9 @@
 //! under a concurrent writer, and a kernel that reads back something else than was written.
 
 mod common;
-use common::apiserver::{ApiServer, condition, label, taint_keys};
+use common::apiserver::{
+    ApiServer, COND, LABEL, TAINT, condition, is_ready_marked, startup_taint, taint_keys,
+};
 use common::*;
 
 use std::io::Read;
@@ -15,20 +17,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-const LABEL: &str = "redis-node-tuner.io/ready";
-const TAINT: &str = "redis-node-tuner.io/not-ready";
-const COND: &str = "RedisKernelTuned";
 const SECONDS: Duration = Duration::from_secs(20);
-
-fn startup_taint() -> Value {
-    json!([{"key": TAINT, "effect": "NoSchedule"}])
-}
-
-fn is_ready_marked(n: &Value) -> bool {
-    label(n, LABEL).as_deref() == Some("true")
-        && !taint_keys(n).contains(&TAINT.to_string())
-        && condition(n, COND).is_some_and(|c| c["status"] == "True")
-}
 
 /// The value of one series of `/metrics` (0 when absent).
 fn sample(metrics: &str, series: &str) -> f64 {

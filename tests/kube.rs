@@ -2,33 +2,17 @@
 //! pod-bound token of its own ServiceAccount under deploy/base/access (RBAC and the admission policy), over a fake kernel tree.
 
 mod common;
-use common::apiserver::{ApiServer, condition, label, taint_keys};
+use common::apiserver::{
+    ApiServer, COND, LABEL, TAINT, condition, is_ready_marked, is_unready_marked, label,
+    startup_taint, taint_keys,
+};
 use common::*;
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-const LABEL: &str = "redis-node-tuner.io/ready";
-const TAINT: &str = "redis-node-tuner.io/not-ready";
-const COND: &str = "RedisKernelTuned";
 const SECONDS: Duration = Duration::from_secs(15);
-
-fn startup_taint() -> Value {
-    json!([{"key": TAINT, "effect": "NoSchedule"}])
-}
-
-fn is_ready_marked(n: &Value) -> bool {
-    label(n, LABEL).as_deref() == Some("true")
-        && !taint_keys(n).contains(&TAINT.to_string())
-        && condition(n, COND).is_some_and(|c| c["status"] == "True")
-}
-
-fn is_unready_marked(n: &Value) -> bool {
-    label(n, LABEL).is_none()
-        && taint_keys(n).contains(&TAINT.to_string())
-        && condition(n, COND).is_some_and(|c| c["status"] == "False")
-}
 
 fn events_for(api: &ApiServer, node: &str) -> Vec<Value> {
     let v: Value =

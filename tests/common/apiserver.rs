@@ -387,3 +387,27 @@ pub fn condition(node: &Value, kind: &str) -> Option<Value> {
         .as_array()
         .and_then(|c| c.iter().find(|c| c["type"] == kind).cloned())
 }
+
+/// The agent's marks on a Node.
+pub const LABEL: &str = "redis-node-tuner.io/ready";
+pub const TAINT: &str = "redis-node-tuner.io/not-ready";
+pub const COND: &str = "RedisKernelTuned";
+
+/// The startup taint a Node is registered with.
+pub fn startup_taint() -> Value {
+    serde_json::json!([{"key": TAINT, "effect": "NoSchedule"}])
+}
+
+/// Label set, taint gone, condition True.
+pub fn is_ready_marked(n: &Value) -> bool {
+    label(n, LABEL).as_deref() == Some("true")
+        && !taint_keys(n).contains(&TAINT.to_string())
+        && condition(n, COND).is_some_and(|c| c["status"] == "True")
+}
+
+/// No label, taint held, condition False.
+pub fn is_unready_marked(n: &Value) -> bool {
+    label(n, LABEL).is_none()
+        && taint_keys(n).contains(&TAINT.to_string())
+        && condition(n, COND).is_some_and(|c| c["status"] == "False")
+}
