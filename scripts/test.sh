@@ -38,6 +38,8 @@ cargo deb --version 2>/dev/null | grep -qx 'cargo-deb 3.8.0' ||
 command -v go >/dev/null || { echo "go is required to build the test kube-apiserver" >&2; exit 1; }
 command -v kubectl >/dev/null || { echo "kubectl is required by the Kubernetes tests" >&2; exit 1; }
 bash tests/apiserver/build.sh
+# debootstrap, systemd-nspawn and the cached Debian root filesystem of tests/systemd_boot.rs.
+bash tests/systemd-boot/node.sh setup
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings

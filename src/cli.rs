@@ -288,8 +288,11 @@ pub fn main() -> ExitCode {
 fn init_logging(cli: &Cli) -> Result<(), String> {
     let filter =
         tracing_subscriber::EnvFilter::try_new(&cli.log_level).map_err(|e| e.to_string())?;
+    // Colours only on a terminal: under systemd stderr is the journal, where escape sequences
+    // would end up in every message (between `knob`, `=` and the value).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let res = match cli.log_format {
         LogFormat::Text => builder.try_init(),

@@ -1,8 +1,9 @@
 //! Bare metal: the systemd unit (`systemd/`), the shipped config, the man page, and the `.deb`
 //! built by cargo-deb — verified by `systemd-analyze`, installed with `dpkg -i`, run from
-//! `/usr/bin`, and removed again. systemd is not PID 1 on the test machines: the unit is checked
-//! offline, and the hardening's central claim (root with no capability writes the knobs) is
-//! proven by running the installed binary under `setpriv` with an empty bounding set.
+//! `/usr/bin`, and removed again, on this machine (where systemd is not PID 1): the unit is
+//! checked offline, and the hardening's central claim (root with no capability writes the knobs)
+//! is proven by running the installed binary under `setpriv` with an empty bounding set. Under a
+//! real systemd as PID 1: tests/systemd_boot.rs.
 //!
 //! Needs root (dpkg, host knobs; CI runs on a throwaway machine), `systemd-analyze` (systemd),
 //! `setpriv` (util-linux), `cargo-deb`, and the rustup target `x86_64-unknown-linux-musl` (the
@@ -10,10 +11,11 @@
 //! serves both). Host-changing tests restore every knob when they end, panic included.
 
 mod common;
+use common::deb::{build_deb, exposure_level};
 use common::host::{HostGuard, is_root};
 use common::{repo, text};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
@@ -22,7 +24,6 @@ const UNIT: &str = "systemd/redis-node-tuner.service";
 const INSTALLED_BIN: &str = "/usr/bin/redis-node-tuner";
 const INSTALLED_UNIT: &str = "/usr/lib/systemd/system/redis-node-tuner.service";
 const INSTALLED_CONFIG: &str = "/etc/redis-node-tuner/config.yaml";
-const TARGET: &str = "x86_64-unknown-linux-musl";
 const THP: &str = "/sys/kernel/mm/transparent_hugepage";
 const OVERCOMMIT: &str = "/proc/sys/vm/overcommit_memory";
 
@@ -49,18 +50,7 @@ fn exposure(unit: &Path) -> f64 {
             .args(["security", "--offline=true"])
             .arg(unit),
     );
-    let s = String::from_utf8_lossy(&o.stdout);
-    s.lines()
-        .find_map(|l| {
-            l.split("Overall exposure level for ")
-                .nth(1)?
-                .split(": ")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
+    exposure_level(&String::from_utf8_lossy(&o.stdout))
         .unwrap_or_else(|| panic!("no exposure level in {}", text(&o)))
 }
 
@@ -106,8 +96,9 @@ fn unit_is_hardened_to_exposure_at_most_2_and_can_still_write_the_knobs() {
     for u in ["redis-server.service", "redis.service"] {
         assert!(before.split_whitespace().any(|b| b == u), "Before={before}");
     }
-    // The two options that would stop the agent doing its job stay off.
-    assert_eq!(one("ProtectKernelTunables"), "no");
+    // /proc/sys and /sys read-only except the knobs' directories (ReadWritePaths= below); a
+    // private network namespace would stop the agent doing its job.
+    assert_eq!(one("ProtectKernelTunables"), "yes");
     assert_eq!(one("PrivateNetwork"), "no");
     assert!(
         directive(&d, "ProcSubset").is_empty(),
@@ -132,7 +123,7 @@ fn unit_is_hardened_to_exposure_at_most_2_and_can_still_write_the_knobs() {
         assert!(families.split_whitespace().any(|w| w == f), "{families}");
     }
     // Each of the two is explained by a comment right above it.
-    for c in ["ProtectKernelTunables=no", "PrivateNetwork=no"] {
+    for c in ["ProtectKernelTunables=yes", "PrivateNetwork=no"] {
         let i = src.find(c).expect(c);
         let above = src[..i].trim_end().lines().last().unwrap_or("");
         assert!(above.starts_with('#'), "no comment above {c}");
@@ -276,22 +267,6 @@ fn read(p: &Path) -> String {
         .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
         .unwrap_or(raw.trim())
         .to_string()
-}
-
-fn build_deb(out_dir: &Path) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let deb = out_dir.join("redis-node-tuner.deb");
-    let o = output(
-        Command::new(cargo)
-            .current_dir(repo())
-            .args(["deb", "--target", TARGET, "--no-strip", "--output"])
-            .arg(&deb),
-    );
-    assert!(
-        o.status.success(),
-        "cargo deb (cargo install cargo-deb --locked)"
-    );
-    deb
 }
 
 #[test]
