@@ -194,28 +194,47 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `run` on the tree (JSON logs on a pipe) and waits for /healthz.
+    /// Starts `run` on the tree (JSON logs on a pipe) and waits for /healthz. The port is
+    /// free when picked but another test may take it first: the daemon counts as started only
+    /// once its own log says it listens, and a daemon that lost the port race (exit 5) is
+    /// started again on another port.
     pub fn start(t: &Tree, extra: &[&str]) -> Daemon {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut args = vec!["run", "--listen", addr.as_str(), "--log-format", "json"];
-        args.extend_from_slice(extra);
-        let log = t.path(&format!("agent-{}.log", addr.replace([':', '.'], "-")));
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = t
-            .cmd(&args)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawn run");
-        let mut d = Daemon { child, addr, log };
-        let up = wait_for(Duration::from_secs(20), || {
-            http_get(&d.addr, "/healthz").is_ok_and(|(c, _)| c == 200)
-        });
-        if !up {
-            let (code, logs) = d.stop_now();
-            panic!("daemon did not serve /healthz (exit {code}):\n{logs}");
+        for attempt in 0..5 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let mut args = vec!["run", "--listen", addr.as_str(), "--log-format", "json"];
+            args.extend_from_slice(extra);
+            let log = t.path(&format!("agent-{}.log", addr.replace([':', '.'], "-")));
+            let file = std::fs::File::create(&log).expect("log file");
+            let child = t
+                .cmd(&args)
+                .stdout(Stdio::null())
+                .stderr(file)
+                .spawn()
+                .expect("spawn run");
+            let mut d = Daemon { child, addr, log };
+            let mut exited = None;
+            let listening = wait_for(Duration::from_secs(20), || {
+                if let Ok(Some(s)) = d.child.try_wait() {
+                    exited = Some(s.code().unwrap_or(-1));
+                    return true;
+                }
+                d.logs().contains("serving /metrics")
+            });
+            if exited == Some(5) && attempt < 4 && d.logs().contains("in use") {
+                continue;
+            }
+            let up = listening
+                && exited.is_none()
+                && wait_for(Duration::from_secs(20), || {
+                    http_get(&d.addr, "/healthz").is_ok_and(|(c, _)| c == 200)
+                });
+            if !up {
+                let (code, logs) = d.stop_now();
+                panic!("daemon did not serve /healthz (exit {code}):\n{logs}");
+            }
+            return d;
         }
-        d
+        unreachable!("the last attempt returns or panics")
     }
 
     /// `run` in Kubernetes mode for `node` (interval 200 ms, heartbeat 1 h).
