@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 use crate::kernel::{HostFs, Target};
+use crate::profile::Profile;
 
 /// `vm.overcommit_memory`, relative to a [`FakeTree`].
 pub const OVERCOMMIT: &str = "proc/sys/vm/overcommit_memory";
@@ -98,6 +99,13 @@ impl FakeTree {
         let mut fs = HostFs::new(self.path("proc"), self.path("sys"));
         fs.assert_host_netns("test tree");
         fs
+    }
+
+    /// [`FakeTree::fs`] and the built-in profile resolved on it.
+    pub fn default_targets(&self) -> (HostFs, Vec<Target>) {
+        let fs = self.fs();
+        let ts = fs.resolve(&Profile::default());
+        (fs, ts)
     }
 }
 

@@ -114,14 +114,12 @@ impl HostFs {
 
 #[cfg(test)]
 mod tests {
-    use crate::profile::Profile;
     use crate::testing::{FakeTree, target};
 
     #[test]
     fn kept_descriptor_sees_in_place_changes_and_writes_read_back() {
         let tree = FakeTree::untuned();
-        let fs = tree.fs();
-        let mut ts = fs.resolve(&Profile::default());
+        let (fs, mut ts) = tree.default_targets();
         let t = target(&mut ts, "vm.overcommit_memory");
         assert_eq!(fs.read(t).unwrap().unwrap().value, "0");
         tree.put("proc/sys/vm/overcommit_memory", "2\n");
@@ -138,8 +136,7 @@ mod tests {
     #[test]
     fn a_replaced_file_is_reopened_after_a_write() {
         let tree = FakeTree::untuned();
-        let fs = tree.fs();
-        let mut ts = fs.resolve(&Profile::default());
+        let (fs, mut ts) = tree.default_targets();
         let t = target(&mut ts, "vm.overcommit_memory");
         assert_eq!(fs.read(t).unwrap().unwrap().value, "0");
         // The file is replaced behind the kept descriptor.
@@ -164,8 +161,7 @@ mod tests {
             "sys/kernel/mm/transparent_hugepage/defrag",
             "[always] [never]\n",
         );
-        let fs = tree.fs();
-        let mut ts = fs.resolve(&Profile::default());
+        let (fs, mut ts) = tree.default_targets();
         let e = fs
             .read(target(&mut ts, "vm.overcommit_memory"))
             .unwrap_err();
@@ -225,8 +221,7 @@ mod tests {
         let mut perm = std::fs::metadata(&p).unwrap().permissions();
         std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o444);
         std::fs::set_permissions(&p, perm).unwrap();
-        let fs = tree.fs();
-        let mut ts = fs.resolve(&Profile::default());
+        let (fs, mut ts) = tree.default_targets();
         let r = fs.write(target(&mut ts, "vm.overcommit_memory"), "1");
         if !has_dac_override() {
             // Not root, or root without the capability (the child below).

@@ -191,14 +191,12 @@ impl HostFs {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::testing::{FakeTree, target};
 
     #[test]
     fn resolves_and_reads_the_default_profile() {
         let tree = FakeTree::untuned();
-        let fs = tree.fs();
-        let mut ts = fs.resolve(&Profile::default());
+        let (fs, mut ts) = tree.default_targets();
         let names: Vec<_> = ts.iter().map(|t| t.name.clone()).collect();
         assert_eq!(
             names,
@@ -230,8 +228,7 @@ mod tests {
         let tree = FakeTree::untuned();
         std::fs::remove_dir_all(tree.dir.path().join("sys/kernel/mm/transparent_hugepage"))
             .unwrap();
-        let fs = tree.fs();
-        let mut ts = fs.resolve(&Profile::default());
+        let (fs, mut ts) = tree.default_targets();
         let thp: Vec<_> = ts
             .iter_mut()
             .filter(|t| t.name.starts_with("thp."))
