@@ -323,85 +323,83 @@ impl Validator {
             let Some(rule) = map.get(key) else { continue };
             let field = format!("thp.{key}");
             // Shorthand: `enabled: never`.
-            let (value, mode) = match rule {
-                Value::String(_) => (Some(rule), Some(default_mode)),
+            let (value, value_field, mode) = match rule {
+                Value::String(_) => (Some(rule), field.clone(), Some(default_mode)),
                 _ => {
                     let Some(r) = self.object(&field, rule, &["equals", "mode"]) else {
                         continue;
                     };
-                    (r.get("equals"), self.rule_mode(&field, r, default_mode))
+                    let mode = self.rule_mode(&field, r, default_mode);
+                    (r.get("equals"), child(&field, "equals"), mode)
                 }
             };
-            let desired = value.and_then(|w| {
-                let f = if matches!(rule, Value::String(_)) {
-                    field.clone()
-                } else {
-                    format!("{field}.equals")
-                };
-                self.thp_word(&f, w, vocab).map(|w| word(&w))
-            });
+            let desired = value
+                .and_then(|w| self.thp_word(&value_field, w, vocab))
+                .map(|w| word(&w));
             let Some(mode) = mode else { continue };
             if let Some(s) = profile.get_mut(name) {
                 s.apply(mode, desired);
             }
         }
         if let Some(rule) = map.get("per_size") {
-            let field = "thp.per_size";
-            let Some(r) = self.object(field, rule, &["allowed", "set", "mode"]) else {
-                return;
-            };
-            let mode = self.rule_mode(field, r, default_mode);
-            let Some(s) = profile.get_mut(field) else {
-                return;
-            };
-            let (mut allowed, mut set) = match &s.desired {
-                Desired::Word { allowed, set } => (allowed.clone(), set.clone()),
-                _ => (vec![], String::new()),
-            };
-            let mut ok = true;
-            if let Some(a) = r.get("allowed") {
-                match a.as_array() {
-                    Some(list) if !list.is_empty() => {
-                        let mut parsed = vec![];
-                        for (i, w) in list.iter().enumerate() {
-                            match self.thp_word(
-                                &format!("{field}.allowed[{i}]"),
-                                w,
-                                THP_PER_SIZE_WORDS,
-                            ) {
-                                Some(w) => parsed.push(w),
-                                None => ok = false,
-                            }
+            self.thp_per_size(rule, default_mode, profile);
+        }
+    }
+
+    /// `thp.per_size`: the words every mTHP size may hold, and the one written to correct it.
+    fn thp_per_size(&mut self, rule: &Value, default_mode: Mode, profile: &mut Profile) {
+        let field = "thp.per_size";
+        let Some(r) = self.object(field, rule, &["allowed", "set", "mode"]) else {
+            return;
+        };
+        let mode = self.rule_mode(field, r, default_mode);
+        let Some(s) = profile.get_mut(field) else {
+            return;
+        };
+        let (mut allowed, mut set) = match &s.desired {
+            Desired::Word { allowed, set } => (allowed.clone(), set.clone()),
+            _ => (vec![], String::new()),
+        };
+        let mut ok = true;
+        if let Some(a) = r.get("allowed") {
+            match a.as_array() {
+                Some(list) if !list.is_empty() => {
+                    let mut parsed = vec![];
+                    for (i, w) in list.iter().enumerate() {
+                        match self.thp_word(&format!("{field}.allowed[{i}]"), w, THP_PER_SIZE_WORDS)
+                        {
+                            Some(w) => parsed.push(w),
+                            None => ok = false,
                         }
-                        allowed = parsed;
                     }
-                    _ => {
-                        self.issue(
-                            format!("{field}.allowed"),
-                            Some(a),
-                            "expected a non-empty list of words",
-                        );
-                        ok = false;
-                    }
+                    allowed = parsed;
+                }
+                _ => {
+                    self.issue(
+                        format!("{field}.allowed"),
+                        Some(a),
+                        "expected a non-empty list of words",
+                    );
+                    ok = false;
                 }
             }
-            if let Some(w) = r.get("set") {
-                match self.thp_word(&format!("{field}.set"), w, THP_PER_SIZE_WORDS) {
-                    Some(w) => set = w,
-                    None => ok = false,
-                }
+        }
+        if let Some(w) = r.get("set") {
+            match self.thp_word(&format!("{field}.set"), w, THP_PER_SIZE_WORDS) {
+                Some(w) => set = w,
+                None => ok = false,
             }
-            if ok && !allowed.contains(&set) {
-                self.issue(
-                    format!("{field}.set"),
-                    Some(&Value::String(set.clone())),
-                    format!("must be one of the allowed words ({})", allowed.join(", ")),
-                );
-                ok = false;
-            }
-            if let (true, Some(mode)) = (ok, mode) {
-                s.apply(mode, Some(Desired::Word { allowed, set }));
-            }
+        }
+        if ok && !allowed.contains(&set) {
+            self.issue(
+                format!("{field}.set"),
+                Some(&Value::String(set.clone())),
+                format!("must be one of the allowed words ({})", allowed.join(", ")),
+            );
+            ok = false;
+        }
+        if let (true, Some(mode)) = (ok, mode) {
+            s.apply(mode, Some(Desired::Word { allowed, set }));
         }
     }
 
