@@ -1,6 +1,7 @@
-//! Test fixtures, shared by the unit tests, the integration tests and the benches; compiled
-//! only for `cargo test` and with the non-default `testing` feature (which the crate's own
-//! dev-dependency on itself turns on), never into the released binary.
+//! Test fixtures, shared by the unit tests and the integration tests (`tests/common`'s `Tree`
+//! wraps [`FakeTree`]), and there for any bench that wants a fake host. Compiled only under
+//! `cargo test` and with the non-default `testing` feature, which the crate's dev-dependency on
+//! itself turns on for tests and benches: never part of a `cargo build`/`cargo run` binary.
 //!
 //! [`FakeTree`] is a temporary directory laid out like `/proc` + `/sys` (plain files) holding a
 //! host's knobs at the untuned kernel defaults, for `--proc-root <dir>/proc --sys-root <dir>/sys`.
