@@ -491,8 +491,8 @@ fn log_event(e: &Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::tests::FakeTree;
     use crate::profile::Desired;
+    use crate::testing::FakeTree;
 
     fn agent(tree: &FakeTree, profile: &Profile, state: &std::path::Path) -> Agent {
         let j = Journal::load(state).unwrap();

@@ -2,6 +2,11 @@
 //!
 //! Data flows one way: [`profile`] (desired state) → [`kernel`] (observe) → [`reconcile`]
 //! (diff, decide) → [`agent`] (act, journal originals) → reporters ([`metrics`], [`http`]).
+//!
+//! The larger layers are folders, one responsibility a file: [`profile`] (the model apart from
+//! the YAML validator and sysctl names), [`kernel`] (knob locations, targets and their I/O apart
+//! from the network-namespace proof and the errors), [`k8s`] (the node gate). Test fixtures (a
+//! fake `/proc` + `/sys` tree) are in `testing`, built only for tests (`--features testing`).
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -17,3 +22,5 @@ pub mod metrics;
 pub mod notify;
 pub mod profile;
 pub mod reconcile;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -11,62 +11,31 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_redis-node-tuner");
 
-/// A fake /proc + /sys tree (plain files) standing in for the host.
+use redis_node_tuner::testing::FakeTree;
+// Not every test file uses every knob.
+#[allow(unused_imports)]
+pub use redis_node_tuner::testing::{OVERCOMMIT, SOMAXCONN, THP_2M, THP_DEFRAG, THP_ENABLED};
+
+/// A fake /proc + /sys tree (plain files) standing in for the host: the library's
+/// [`FakeTree`] (whose methods it derefs to) with a state directory and the agent's command.
 pub struct Tree {
-    pub dir: tempfile::TempDir,
+    tree: FakeTree,
 }
 
-pub const OVERCOMMIT: &str = "proc/sys/vm/overcommit_memory";
-pub const SOMAXCONN: &str = "proc/sys/net/core/somaxconn";
-pub const THP_ENABLED: &str = "sys/kernel/mm/transparent_hugepage/enabled";
-pub const THP_DEFRAG: &str = "sys/kernel/mm/transparent_hugepage/defrag";
-pub const THP_2M: &str = "sys/kernel/mm/transparent_hugepage/hugepages-2048kB/enabled";
+impl std::ops::Deref for Tree {
+    type Target = FakeTree;
+    fn deref(&self) -> &FakeTree {
+        &self.tree
+    }
+}
 
 impl Tree {
     /// An untuned host: overcommit 0, somaxconn 128, THP always/madvise, 2 MiB size always.
     pub fn untuned() -> Tree {
-        let t = Tree {
-            dir: tempfile::tempdir().expect("tempdir"),
-        };
-        t.put(OVERCOMMIT, "0\n");
-        t.put(SOMAXCONN, "128\n");
-        t.put(THP_ENABLED, "[always] madvise never\n");
-        t.put(THP_DEFRAG, "always defer defer+madvise [madvise] never\n");
-        t.put(THP_2M, "[always] inherit madvise never\n");
+        let tree = FakeTree::untuned_2m_only();
         // PID 1 under this proc root shares the test's network namespace.
-        std::fs::create_dir_all(t.path("proc/1/ns")).expect("mkdir");
-        std::os::unix::fs::symlink("/proc/self/ns/net", t.path("proc/1/ns/net")).expect("symlink");
-        t
-    }
-
-    pub fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// Writes in place (the agent keeps descriptors open).
-    pub fn put(&self, rel: &str, content: &str) {
-        let p = self.path(rel);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(p, content).expect("write");
-    }
-
-    /// Makes a knob drift and unwritable: its file (which the agent keeps open) is moved aside
-    /// with a wrong value, and a directory takes its place, so every correction fails.
-    pub fn break_knob(&self, rel: &str, wrong: &str) {
-        let aside = format!("{rel}.aside");
-        std::fs::rename(self.path(rel), self.path(&aside)).expect("rename");
-        std::fs::create_dir_all(self.path(rel)).expect("mkdir");
-        self.put(&aside, wrong);
-    }
-
-    /// A writable file again, holding `value`.
-    pub fn fix_knob(&self, rel: &str, value: &str) {
-        std::fs::remove_dir(self.path(rel)).expect("rmdir");
-        self.put(rel, value);
-    }
-
-    pub fn get(&self, rel: &str) -> String {
-        std::fs::read_to_string(self.path(rel)).expect("read")
+        tree.share_init_netns();
+        Tree { tree }
     }
 
     pub fn state_dir(&self) -> PathBuf {
