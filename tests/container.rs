@@ -11,7 +11,7 @@
 mod common;
 use common::host::{HostGuard, is_root, selected};
 use common::require;
-use common::{repo, text};
+use common::{has_line, repo, text};
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -418,7 +418,7 @@ fn daemon_in_the_container_keeps_the_host_tuned_and_stops_on_sigterm() {
     let (status, metrics) = get(port, "/metrics").expect("/metrics");
     assert_eq!(status, 200);
     assert!(
-        metrics.contains("redis_node_tuner_node_ready 1"),
+        has_line(&metrics, "redis_node_tuner_node_ready 1"),
         "{metrics}"
     );
 

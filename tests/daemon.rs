@@ -94,9 +94,10 @@ fn live_metrics_pass_promtool() {
     let promtool = require("promtool");
     let t = Tree::untuned();
     let d = Daemon::start(&t, &[]);
-    assert!(wait_for(Duration::from_secs(10), || d
-        .metrics()
-        .contains("redis_node_tuner_node_ready 1")));
+    assert!(wait_for(Duration::from_secs(10), || has_line(
+        &d.metrics(),
+        "redis_node_tuner_node_ready 1"
+    )));
     let body = d.metrics();
     promtool_check_metrics(&promtool, &body);
     for name in [
@@ -139,9 +140,10 @@ fn failures_are_counted_by_kind_and_pass_promtool() {
     let promtool = require("promtool");
     let t = Tree::untuned();
     let d = Daemon::start(&t, &["--interval", "200ms"]);
-    assert!(wait_for(Duration::from_secs(10), || d
-        .metrics()
-        .contains("redis_node_tuner_node_ready 1")));
+    assert!(wait_for(Duration::from_secs(10), || has_line(
+        &d.metrics(),
+        "redis_node_tuner_node_ready 1"
+    )));
     // THP defrag drifts behind its back and cannot be written back (a directory took the
     // file's place; the agent reads the drifted value through its kept descriptor).
     t.break_knob(THP_DEFRAG, "always defer defer+madvise [madvise] never\n");
@@ -167,6 +169,11 @@ fn readyz_is_503_with_reasons_while_a_knob_cannot_be_set() {
     std::fs::create_dir(t.path(SOMAXCONN)).expect("mkdir");
     let d = Daemon::start(&t, &["--interval", "200ms"]);
     assert!(wait_for(Duration::from_secs(10), || t.get(OVERCOMMIT) == "1\n"));
+    // The pass that wrote it publishes its report at its end.
+    assert!(wait_for(Duration::from_secs(10), || http_get(
+        &d.addr, "/readyz"
+    )
+    .is_ok_and(|(_, b)| !b.contains("no check yet"))));
     let (code, body) = http_get(&d.addr, "/readyz").expect("readyz");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("net.core.somaxconn"), "{body}");

@@ -559,7 +559,7 @@ fn live_agent_exposes_every_metric_used_and_prometheus_evaluates_rules_and_panel
     assert!(
         wait_for(SECONDS, || {
             let m = d.metrics();
-            m.contains("redis_node_tuner_node_ready 1")
+            has_line(&m, "redis_node_tuner_node_ready 1")
                 && m.contains("redis_node_tuner_kube_requests_total{")
         }),
         "no Kubernetes requests counted:\n{}\n{}",
@@ -607,9 +607,10 @@ fn live_agent_exposes_every_metric_used_and_prometheus_evaluates_rules_and_panel
     // Trouble: somaxconn drifts and cannot be corrected; the Kubernetes API goes away.
     t.break_knob(SOMAXCONN, "128\n");
     assert!(
-        wait_for(SECONDS, || d
-            .metrics()
-            .contains("redis_node_tuner_node_ready 0")),
+        wait_for(SECONDS, || has_line(
+            &d.metrics(),
+            "redis_node_tuner_node_ready 0"
+        )),
         "{}",
         d.logs()
     );

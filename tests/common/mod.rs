@@ -62,6 +62,12 @@ impl Tree {
     }
 }
 
+/// Whether `text` holds `line` as a whole line (a metric sample, not a HELP text that starts
+/// with the same words).
+pub fn has_line(text: &str, line: &str) -> bool {
+    text.lines().any(|l| l == line)
+}
+
 /// The repository root.
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
