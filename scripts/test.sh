@@ -38,6 +38,7 @@ cargo deb --version 2>/dev/null | grep -qx 'cargo-deb 3.8.0' ||
 command -v go >/dev/null || { echo "go is required to build the test kube-apiserver" >&2; exit 1; }
 command -v kubectl >/dev/null || { echo "kubectl is required by the Kubernetes tests" >&2; exit 1; }
 bash tests/apiserver/build.sh
+bash tests/cluster/setup.sh  # the real-node tests: containerd, CNI plugins, kubelet, scheduler, controller-manager
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings

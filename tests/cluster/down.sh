@@ -38,7 +38,7 @@ stop_pid containerd 20
 for _ in 1 2 3; do
   pids=""
   for f in /proc/[0-9]*/cmdline; do
-    if tr '\0' ' ' <"$f" 2>/dev/null | grep -q -- "containerd-shim.*-address $SOCK"; then
+    if { tr "\0" " " <"$f"; } 2>/dev/null | grep -q -- "containerd-shim.*-address $SOCK"; then
       p=${f#/proc/}; pids+=" ${p%/cmdline}"
     fi
   done

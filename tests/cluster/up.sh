@@ -42,7 +42,7 @@ wait_for() { # seconds what command...
 
 # The host-knob lock, for the cluster's whole life (released by down.sh).
 if [[ ${RNT_CLUSTER_LOCK_HELD:-} != 1 ]]; then
-  (exec 9>"$HOST_LOCK"; flock 9; touch "$D/locked"; exec -a "rnt-cluster-lock $D" sleep infinity) &
+  (exec 9>"$HOST_LOCK"; flock 9; touch "$D/locked"; exec -a "rnt-cluster-lock $D" sleep infinity) </dev/null >/dev/null 2>&1 &
   echo $! >"$D/pids/host-lock.pid"
   log "waiting for the host-knob lock $HOST_LOCK"
   wait_for 900 "taking the host-knob lock" test -f "$D/locked"
