@@ -45,6 +45,7 @@ for _ in 1 2 3; do
   for c in /sys/fs/cgroup/*$CGROUP_ROOT /sys/fs/cgroup/unified$CGROUP_ROOT; do
     [[ -d $c ]] && pids+=" $(find "$c" -name cgroup.procs -exec cat {} + 2>/dev/null | tr '\n' ' ')"
   done
+  pids=$(echo $pids | tr ' ' '\n' | sort -u | tr '\n' ' ')
   pids=$(echo $pids)
   [[ -z $pids ]] && break
   log "killing leftover processes: $pids"
@@ -54,6 +55,16 @@ done
 
 stop_pid apiserver 30
 stop_pid host-lock 2
+
+# Network namespaces of our sandboxes that CRI did not remove (containerd names them cni-*;
+# those present before up.sh are left alone).
+for ns in /run/netns/cni-*; do
+  [[ -e $ns ]] || continue
+  if [[ -f "$D/netns.before" ]] && grep -qx "$ns" "$D/netns.before"; then continue; fi
+  [[ -f "$D/netns.before" ]] || continue
+  log "removing leftover network namespace $ns"
+  ip netns delete "${ns#/run/netns/}" 2>/dev/null || { umount "$ns" 2>/dev/null; rm -f "$ns"; }
+done
 
 # 4. Mounts under the state dir (container rootfs, kubelet volumes), deepest first.
 if [[ -d $D ]]; then

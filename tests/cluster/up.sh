@@ -55,6 +55,7 @@ for ipt in iptables ip6tables; do
   for t in filter nat mangle; do "$ipt-save" -t "$t" 2>/dev/null | sed -n "s/^:\([^ ]*\) .*/$t \1/p"; done >"$D/$ipt.before"
 done
 [[ -e /var/lib/redis-node-tuner ]] || touch "$D/remove-agent-state"
+ls -d /run/netns/cni-* 2>/dev/null >"$D/netns.before" || true
 
 # The node IP lives on an empty bridge: nothing is routed off the machine.
 ip link add "$NODE_BRIDGE" type bridge
