@@ -16,7 +16,11 @@ COMPONENTS="kubelet kube-scheduler kube-controller-manager containerd apiserver"
 
 log() { echo "cluster: $*" >&2; }
 
-pid_alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
+# Running, not a zombie (a killed component's parent may be gone and its zombie never reaped).
+pid_alive() {
+  [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null &&
+    ! grep -q '^[0-9]* (.*) Z ' "/proc/$1/stat" 2>/dev/null
+}
 
 # Stops a recorded PID: SIGTERM, up to $2 seconds, then SIGKILL.
 stop_pid() {
