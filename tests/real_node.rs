@@ -720,6 +720,83 @@ patches:
     );
     cluster.delete_pod("redis", "probe-tuned");
 
+    // --- Metrics on the node, at the PodMonitor's port: the node is ready.
+    let (status, body) =
+        http_get("10.213.0.1:9977", "/metrics").expect("GET /metrics on the node's port 9977");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.lines().any(|l| l == "redis_node_tuner_node_ready 1"),
+        "redis_node_tuner_node_ready is not 1: {body}"
+    );
+
+    // --- The kubelet-issued projected token of the agent: its own Node's marks may be
+    // written, another Node's may not (server-side dry run: admission runs, nothing changes).
+    let token_dir = PathBuf::from(D)
+        .join("kubelet/pods")
+        .join(&agent_uid)
+        .join("volumes/kubernetes.io~projected");
+    let token = std::fs::read_dir(&token_dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", token_dir.display()))
+        .flatten()
+        .map(|e| e.path().join("token"))
+        .find(|p| p.is_file())
+        .expect("the agent's projected token");
+    let token = std::fs::read_to_string(token).expect("token");
+    let agent_kc = cluster.work.path().join("agent.kubeconfig");
+    std::fs::write(
+        &agent_kc,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "t", "cluster": {"server": format!("https://127.0.0.1:{API_PORT}"),
+                "certificate-authority": format!("{D}/apiserver/ca.crt")}}],
+            "users": [{"name": "agent", "user": {"token": token.trim()}}],
+            "contexts": [{"name": "agent", "context": {"cluster": "t", "user": "agent"}}],
+            "current-context": "agent",
+        })
+        .to_string(),
+    )
+    .expect("agent kubeconfig");
+    let other = cluster.work.path().join("other-node.json");
+    std::fs::write(
+        &other,
+        serde_json::json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "rnt-other"}})
+        .to_string(),
+    )
+    .expect("node file");
+    cluster.ok(&["create", "-f", &other.to_string_lossy()]);
+    let mark = format!(r#"{{"metadata":{{"labels":{{"{LABEL}":"true"}}}}}}"#);
+    let as_agent = |node: &str| {
+        Out::of(
+            Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(&agent_kc)
+                .args([
+                    "patch",
+                    "node",
+                    node,
+                    "--type=merge",
+                    "--dry-run=server",
+                    "-p",
+                ])
+                .arg(&mark)
+                .output()
+                .expect("kubectl as the agent"),
+        )
+    };
+    let own = as_agent(NODE);
+    assert_eq!(own.code, 0, "the agent's token on its own Node: {own:?}");
+    let foreign = as_agent("rnt-other");
+    assert_ne!(
+        foreign.code, 0,
+        "the agent's token wrote another Node: {foreign:?}"
+    );
+    assert!(
+        foreign.stderr.contains("redis-node-tuner-own-node-"),
+        "not denied by the own-node admission policy: {foreign:?}"
+    );
+    cluster.ok(&["delete", "node", "rnt-other"]);
+
     // --- Drift: a foreign write is detected and corrected; Redis is not disturbed.
     let seen = cluster.events();
     host::write(&Path::new(THP).join("enabled"), "always");
@@ -817,6 +894,61 @@ patches:
         "pod redis/intolerant-2 Running on the tuned node",
         || (cluster.pod("redis", "intolerant-2")?["status"]["phase"] == "Running").then_some(()),
     );
+
+    // --- Uninstall as the README says: DaemonSet deleted, `cleanup` with the admin's own
+    // credentials, the kustomization deleted, `restore` on the node.
+    cluster.ok(&[
+        "delete",
+        "daemonset",
+        "-n",
+        NS,
+        "redis-node-tuner",
+        "--wait=true",
+    ]);
+    cluster.wait(60, "agent pods gone before cleanup", || {
+        cluster
+            .pods(NS, "app.kubernetes.io/name=redis-node-tuner")
+            .is_empty()
+            .then_some(())
+    });
+    let cleanup = Out::of(
+        Command::new(BIN)
+            .args(["cleanup", "--node-name", NODE])
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .output()
+            .expect("redis-node-tuner cleanup"),
+    );
+    assert_eq!(cleanup.code, 0, "cleanup: {cleanup:?}");
+    cluster.ok(&[
+        "delete",
+        "-k",
+        &noexec.to_string_lossy(),
+        "--wait=false",
+        "--ignore-not-found",
+    ]);
+    let n = cluster.node();
+    assert!(
+        n["metadata"]["labels"][LABEL].is_null(),
+        "label left: {n:#}"
+    );
+    assert!(
+        !taint_keys(&n).contains(&TAINT.to_string()),
+        "taint left: {n:#}"
+    );
+    assert!(node_condition(&n, COND).is_none(), "condition left: {n:#}");
+    let restore = Out::of(
+        Command::new(BIN)
+            .arg("restore")
+            .env("REDIS_NODE_TUNER_STATE_DIR", "/var/lib/redis-node-tuner")
+            .output()
+            .expect("redis-node-tuner restore"),
+    );
+    assert_eq!(restore.code, 0, "restore: {restore:?}");
+    // The originals the agent journalled on this node: the untuned values.
+    assert_eq!(thp("enabled"), "always", "THP enabled restored");
+    assert_eq!(thp("defrag"), "always", "THP defrag restored");
+    assert_eq!(knob(SOMAXCONN), "256", "somaxconn restored");
+    assert_eq!(knob(OVERCOMMIT), "0", "overcommit restored");
 
     // --- Tear-down after a SIGKILLed run: nothing of the test remains.
     sigkill_components();
