@@ -40,6 +40,7 @@ command -v kubectl >/dev/null || { echo "kubectl is required by the Kubernetes t
 bash tests/apiserver/build.sh
 # debootstrap, systemd-nspawn and the cached Debian root filesystem of tests/systemd_boot.rs.
 bash tests/systemd-boot/node.sh setup
+bash tests/cluster/setup.sh  # the real-node tests: containerd, CNI plugins, kubelet, scheduler, controller-manager
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
