@@ -214,6 +214,8 @@ fn image_is_scratch_static_small_and_runs_the_agent() {
 
 #[test]
 fn daemonset_privileges_read_and_correct_the_host_knobs_then_restore() {
+    // Build the image first: the release build must not hold the host-knob lock.
+    image();
     let _g = HostGuard::take();
     let state = state_dir();
     write(OVERCOMMIT, "0");
@@ -297,6 +299,8 @@ fn daemonset_privileges_read_and_correct_the_host_knobs_then_restore() {
 
 #[test]
 fn read_only_knob_mounts_write_nothing() {
+    // Build the image first: the release build must not hold the host-knob lock.
+    image();
     let _g = HostGuard::take();
     let state = state_dir();
     write(OVERCOMMIT, "0");
@@ -316,6 +320,8 @@ fn read_only_knob_mounts_write_nothing() {
 
 #[test]
 fn with_the_host_netns_file_somaxconn_is_verified_and_corrected() {
+    // Build the image first: the release build must not hold the host-knob lock.
+    image();
     let _g = HostGuard::take();
     let state = state_dir();
     write(OVERCOMMIT, "0");
@@ -380,6 +386,8 @@ impl Drop for Container {
 
 #[test]
 fn daemon_in_the_container_keeps_the_host_tuned_and_stops_on_sigterm() {
+    // Build the image first: the release build must not hold the host-knob lock.
+    image();
     let _g = HostGuard::take();
     let state = state_dir();
     write(OVERCOMMIT, "0");
