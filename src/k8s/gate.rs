@@ -44,6 +44,10 @@ pub struct Gate<A: NodeApi> {
     outage: Option<Outage>,
     started: Instant,
     ready_logged: bool,
+    /// Marks are not written while the host-network proof from the agent's Pod is pending: a
+    /// report made before it shows `net.*` unverified, and acting on it would drop the label a
+    /// previous agent set (a rolling update would flap scheduling).
+    held: bool,
 }
 
 impl<A: NodeApi> Gate<A> {
@@ -61,7 +65,17 @@ impl<A: NodeApi> Gate<A> {
             outage: None,
             started: now,
             ready_logged: false,
+            held: false,
         }
+    }
+
+    /// Holds (or releases) every write until the Pod's facts are known; see `held`. Releasing
+    /// forgets the report made before them: the next one is made with the proof.
+    pub fn hold(&mut self, on: bool) {
+        if self.held && !on {
+            self.report = None;
+        }
+        self.held = on;
     }
 
     pub fn api(&self) -> &A {
@@ -152,7 +166,7 @@ impl<A: NodeApi> Gate<A> {
     }
 
     async fn step(&mut self, now: Instant) {
-        if self.retry_at.is_some_and(|t| now < t) {
+        if self.held || self.retry_at.is_some_and(|t| now < t) {
             return;
         }
         let (Some(report), Some(_)) = (self.report.clone(), self.node.as_ref()) else {
@@ -659,6 +673,35 @@ mod tests {
         g.on_report(untuned(), t0).await;
         let log = g.api.take_log();
         assert!(log.iter().all(|l| !l.ends_with("409")), "{log:?}");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_written_while_the_pod_proof_is_pending() {
+        let fake = Fake::with_node(vec![]);
+        let t0 = Instant::now();
+        let mut g = Gate::new(fake, opts(), t0);
+        g.hold(true);
+        let node = g.api.node.borrow().clone();
+        g.on_node(Some(node), t0).await;
+        // A report made before the proof: net.* unverified, not ready.
+        g.on_report(untuned(), t0).await;
+        g.on_timer(t0).await;
+        assert!(g.api.take_log().is_empty());
+        g.hold(false);
+        g.on_timer(t0).await;
+        assert!(
+            g.api.take_log().is_empty(),
+            "the report from before the proof is forgotten"
+        );
+        g.on_report(tuned(), t0).await;
+        assert_eq!(
+            g.api.take_log(),
+            [
+                "apply label=true",
+                "condition True/AllSettingsInSync",
+                "event NodeReady"
+            ]
+        );
     }
 
     #[tokio::test]

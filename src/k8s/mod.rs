@@ -215,6 +215,7 @@ pub async fn run(prepared: Prepared, mut inputs: GateInputs) -> Result<(), GateE
     let (node_tx, mut node_rx) = mpsc::channel(16);
     let watch_task = tokio::spawn(watch_node(api.clone(), opts.watch_timeout, node_tx));
     let mut gate = Gate::new(api, opts.clone(), Instant::now());
+    gate.hold(pod_task.is_some());
     let mut result = Ok(());
     loop {
         let wake = tokio::time::Instant::from_std(gate.next_wake(Instant::now()));
@@ -250,6 +251,8 @@ pub async fn run(prepared: Prepared, mut inputs: GateInputs) -> Result<(), GateE
                         if let (Some(proof), Some(f)) = (facts.proof(), on_host_network.take()) {
                             f(proof);
                         }
+                        // The next report is made with the proof: write from then on.
+                        gate.hold(false);
                     }
                 }
                 Ok::<(), GateError>(())
