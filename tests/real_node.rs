@@ -159,6 +159,17 @@ impl Cluster {
     /// apiserver's loopback address (no kube-proxy), extra `run` arguments; with the AppArmor
     /// component when asked.
     fn agent_overlay(&self, name: &str, apparmor: bool, extra_args: &[&str]) -> PathBuf {
+        self.agent_overlay_with(name, apparmor, extra_args, None)
+    }
+
+    /// As `agent_overlay`, with the profile (the ConfigMap) replaced by `config`.
+    fn agent_overlay_with(
+        &self,
+        name: &str,
+        apparmor: bool,
+        extra_args: &[&str],
+        config: Option<&str>,
+    ) -> PathBuf {
         let mut args = vec!["run", "--listen", "0.0.0.0:9977"];
         args.extend_from_slice(extra_args);
         let dir = self.work.path().join(name);
@@ -198,7 +209,16 @@ patches:
             base = relative(&repo().join("deploy/base"), &dir),
             args = serde_json::to_string(&args).expect("args"),
         );
-        self.overlay(name, &k, &[])
+        match config {
+            None => self.overlay(name, &k, &[]),
+            Some(c) => {
+                let k = format!(
+                    "{k}configMapGenerator:\n  - name: redis-node-tuner-config\n    \
+                     namespace: {NS}\n    behavior: replace\n    files: [config.yaml]\n"
+                );
+                self.overlay(name, &k, &[("config.yaml", c)])
+            }
+        }
     }
 
     /// The agent pod that is Running and Ready (name, uid).
@@ -829,6 +849,69 @@ patches:
         Some((agent.clone(), agent_uid.clone())),
         "the agent pod changed"
     );
+
+    // --- Rolling update: a changed profile ConfigMap rolls the agent; watched throughout, the
+    // label never leaves the node and the Redis pod is never touched.
+    let watch = |args: &[&str]| {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&cluster.kubeconfig)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("kubectl --watch")
+    };
+    let mut label_watch = watch(&[
+        "get",
+        "node",
+        NODE,
+        "--watch",
+        "-o",
+        r"jsonpath={.metadata.labels.redis-node-tuner\.io/ready}{'\n'}",
+    ]);
+    let mut redis_watch = watch(&[
+        "get",
+        "pod",
+        "-n",
+        "redis",
+        "redis-0",
+        "--watch",
+        "-o",
+        "jsonpath={.metadata.uid} {.status.phase} {.metadata.deletionTimestamp}{'\n'}",
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    let config = std::fs::read_to_string(repo().join("deploy/base/config.yaml"))
+        .expect("base config")
+        .replace("interval: 1s", "interval: 2s");
+    assert!(config.contains("interval: 2s"), "{config}");
+    let rolled = cluster.agent_overlay_with("agent-rolled", false, &[], Some(&config));
+    cluster.apply_k(&rolled);
+    let (_, rolled_uid) = cluster.wait(120, "the rolled agent pod Running and Ready", || {
+        cluster.ready_agent().filter(|(_, uid)| *uid != agent_uid)
+    });
+    cluster.wait(60, "node marked ready by the rolled agent", || {
+        cluster.node_marked_ready().then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = label_watch.kill();
+    let _ = redis_watch.kill();
+    let labels = String::from_utf8_lossy(&label_watch.wait_with_output().expect("watch").stdout)
+        .into_owned();
+    let redis = String::from_utf8_lossy(&redis_watch.wait_with_output().expect("watch").stdout)
+        .into_owned();
+    assert!(
+        labels.lines().count() >= 2 && labels.lines().all(|l| l == "true"),
+        "the label during the roll: {labels:?}"
+    );
+    assert!(
+        !redis.is_empty()
+            && redis
+                .lines()
+                .all(|l| l.trim() == format!("{redis_uid} Running")),
+        "redis-0 during the roll: {redis:?}"
+    );
+    assert_ne!(rolled_uid, agent_uid);
 
     // --- NoExecute: the node carries the startup taint with NoExecute and is untuned.
     cluster.ok(&[
