@@ -13,7 +13,7 @@
 mod common;
 use common::deb::{build_deb, exposure_level};
 use common::host::{HostGuard, is_root};
-use common::{repo, text};
+use common::{Tree, repo, text};
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -130,33 +130,6 @@ fn unit_is_hardened_to_exposure_at_most_2_and_can_still_write_the_knobs() {
     }
 }
 
-/// A fake /proc + /sys tree for `check` (never written by it).
-fn fake_tree() -> tempfile::TempDir {
-    let t = tempfile::tempdir().expect("tempdir");
-    let put = |rel: &str, v: &str| {
-        let p = t.path().join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, v).unwrap();
-    };
-    put("proc/sys/vm/overcommit_memory", "0\n");
-    put("proc/sys/net/core/somaxconn", "128\n");
-    put(
-        "sys/kernel/mm/transparent_hugepage/enabled",
-        "[always] madvise never\n",
-    );
-    put(
-        "sys/kernel/mm/transparent_hugepage/defrag",
-        "always defer defer+madvise [madvise] never\n",
-    );
-    put(
-        "sys/kernel/mm/transparent_hugepage/hugepages-2048kB/enabled",
-        "[always] inherit madvise never\n",
-    );
-    std::fs::create_dir_all(t.path().join("proc/1/ns")).unwrap();
-    std::os::unix::fs::symlink("/proc/self/ns/net", t.path().join("proc/1/ns/net")).unwrap();
-    t
-}
-
 fn check_json(bin: &str, tree: &Path, config: Option<&Path>) -> serde_json::Value {
     let mut c = Command::new(bin);
     if let Some(cfg) = config {
@@ -176,9 +149,14 @@ fn check_json(bin: &str, tree: &Path, config: Option<&Path>) -> serde_json::Valu
 
 #[test]
 fn shipped_config_is_the_built_in_profile_written_out() {
-    let tree = fake_tree();
-    let builtin = check_json(BIN, tree.path(), None);
-    let shipped = check_json(BIN, tree.path(), Some(&repo().join("systemd/config.yaml")));
+    // The shared fake tree; `check` never writes it.
+    let tree = Tree::untuned();
+    let builtin = check_json(BIN, tree.dir.path(), None);
+    let shipped = check_json(
+        BIN,
+        tree.dir.path(),
+        Some(&repo().join("systemd/config.yaml")),
+    );
     assert_eq!(builtin, shipped);
     assert_eq!(builtin["settings"].as_array().map(Vec::len), Some(5));
 }
