@@ -1,7 +1,12 @@
 //! redis-node-tuner: sets, keeps and proves the Linux kernel settings Redis needs.
 //!
-//! Data flows one way: [`profile`] (desired state) → [`kernel`] (observe) → [`reconcile`]
-//! (diff, decide) → [`agent`] (act, journal originals) → reporters ([`metrics`], [`http`]).
+//! Data flows [`profile`] (desired state) → [`kernel`] (observe) → [`reconcile`] (diff,
+//! decide) → [`agent`] (act, [`journal`] the originals first) → reporters ([`metrics`],
+//! [`http`], the Kubernetes gate [`k8s`]). One fact flows back: the gate's proof, from the
+//! agent's own Pod, that it runs on host networking reaches the kernel layer through
+//! [`daemon`], which runs the enforce pass on its own thread, the reporters on the runtime, and
+//! supervises both. [`cli`] parses and dispatches; [`commands`] holds `check`, `apply`,
+//! `restore`; [`backoff`] is shared by the agent and the gate.
 //!
 //! The larger layers are folders, one responsibility a file: [`profile`] (the model apart from
 //! the YAML validator and sysctl names), [`kernel`] (knob locations, targets and their I/O apart
