@@ -309,19 +309,7 @@ fn every_write_of_the_agent_is_owned_by_its_field_manager() {
         "{}",
         d.logs()
     );
-    let full: Value = serde_json::from_str(&api.ok(&[
-        "get",
-        "node",
-        "db-1",
-        "-o",
-        "json",
-        "--show-managed-fields",
-    ]))
-    .expect("json");
-    let fields = full["metadata"]["managedFields"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let fields = api.managed_fields("db-1");
     let owner = |needle: &str| -> Vec<String> {
         fields
             .iter()

@@ -79,23 +79,11 @@ fn untuned_node_is_tainted_until_tuned_then_labelled_and_condition_true() {
         Some(json!("True"))
     );
     // The label is owned by the agent's field manager (server-side apply).
-    let full: Value = serde_json::from_str(&api.ok(&[
-        "get",
-        "node",
-        "db-1",
-        "-o",
-        "json",
-        "--show-managed-fields",
-    ]))
-    .expect("json");
-    let managers: Vec<String> = full["metadata"]["managedFields"]
-        .as_array()
-        .map(|m| {
-            m.iter()
-                .filter_map(|f| f["manager"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let managers: Vec<String> = api
+        .managed_fields("db-1")
+        .iter()
+        .filter_map(|f| f["manager"].as_str().map(String::from))
+        .collect();
     assert!(
         managers.contains(&"redis-node-tuner".to_string()),
         "{managers:?}"

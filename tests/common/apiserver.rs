@@ -177,6 +177,23 @@ impl ApiServer {
         out.stdout
     }
 
+    /// The Node's `metadata.managedFields` entries.
+    pub fn managed_fields(&self, name: &str) -> Vec<Value> {
+        let full: Value = serde_json::from_str(&self.ok(&[
+            "get",
+            "node",
+            name,
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ]))
+        .expect("json");
+        full["metadata"]["managedFields"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub fn node(&self, name: &str) -> Value {
         serde_json::from_str(&self.ok(&["get", "node", name, "-o", "json"])).expect("node json")
     }
