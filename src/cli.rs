@@ -286,8 +286,14 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(cli: &Cli) -> Result<(), String> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&cli.log_level).map_err(|e| e.to_string())?;
+    // The Kubernetes client logs an ERROR line of its own for every failed request; the gate
+    // reports the same failures once per outage. Silenced unless the filter names it.
+    let directives = if cli.log_level.contains("kube_client") {
+        cli.log_level.clone()
+    } else {
+        format!("{},kube_client::client::builder=off", cli.log_level)
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives).map_err(|e| e.to_string())?;
     // Colours only on a terminal: under systemd stderr is the journal, where escape sequences
     // would end up in every message (between `knob`, `=` and the value).
     let builder = tracing_subscriber::fmt()
