@@ -858,7 +858,7 @@ patches:
             .arg(&cluster.kubeconfig)
             .args(args)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("kubectl --watch")
     };
@@ -878,7 +878,7 @@ patches:
         "redis-0",
         "--watch",
         "-o",
-        "jsonpath={.metadata.uid} {.status.phase} {.metadata.deletionTimestamp}{'\n'}",
+        r"jsonpath={.metadata.uid} {.status.phase}{'\n'}",
     ]);
     std::thread::sleep(Duration::from_secs(2));
     let config = std::fs::read_to_string(repo().join("deploy/base/config.yaml"))
@@ -896,20 +896,25 @@ patches:
     std::thread::sleep(Duration::from_secs(2));
     let _ = label_watch.kill();
     let _ = redis_watch.kill();
-    let labels = String::from_utf8_lossy(&label_watch.wait_with_output().expect("watch").stdout)
-        .into_owned();
-    let redis = String::from_utf8_lossy(&redis_watch.wait_with_output().expect("watch").stdout)
-        .into_owned();
+    let label_out = label_watch.wait_with_output().expect("watch");
+    let redis_out = redis_watch.wait_with_output().expect("watch");
+    let labels = String::from_utf8_lossy(&label_out.stdout).into_owned();
+    let redis = String::from_utf8_lossy(&redis_out.stdout).into_owned();
+    let watch_errors = format!(
+        "node watch stderr: {}; pod watch stderr: {}",
+        String::from_utf8_lossy(&label_out.stderr),
+        String::from_utf8_lossy(&redis_out.stderr)
+    );
     assert!(
         labels.lines().count() >= 2 && labels.lines().all(|l| l == "true"),
-        "the label during the roll: {labels:?}"
+        "the label during the roll: {labels:?}; {watch_errors}"
     );
     assert!(
         !redis.is_empty()
             && redis
                 .lines()
                 .all(|l| l.trim() == format!("{redis_uid} Running")),
-        "redis-0 during the roll: {redis:?}"
+        "redis-0 during the roll: {redis:?}; {watch_errors}"
     );
     assert_ne!(rolled_uid, agent_uid);
 
