@@ -65,6 +65,8 @@ pub enum GateError {
     },
     #[error("node {node}: taint update conflicted after {attempts} attempt(s)")]
     Conflict { node: String, attempts: u32 },
+    #[error("the Node watch task ended")]
+    WatchEnded,
     #[error(
         "--taint-effect {effect}: the agent's own pod {pod} does not tolerate taint {TAINT_KEY}:{effect}, so the taint would evict or block the agent itself; tolerate {TAINT_KEY} with operator Exists and no effect (as deploy/base does), or choose another effect"
     )]
@@ -151,7 +153,7 @@ pub async fn prepare(
     if let Some((ns, name)) = &opts.pod {
         match api.get_pod(ns, name).await {
             Ok(p) => {
-                let facts = PodFacts::of(&p, opts.taint_effect.as_deref());
+                let facts = own_pod_facts(&p, opts.taint_effect.as_deref());
                 check_tolerated(&facts, &opts)?;
                 pod = Some(facts);
             }
@@ -161,6 +163,15 @@ pub async fn prepare(
         }
     }
     Ok(Prepared { api, opts, pod })
+}
+
+/// The facts of the agent's own Pod; a Pod off host networking is logged, wherever it is read.
+fn own_pod_facts(pod: &k8s_openapi::api::core::v1::Pod, effect: Option<&str>) -> PodFacts {
+    let facts = PodFacts::of(pod, effect);
+    if !facts.host_network {
+        tracing::error!(pod = %facts.pod, "the agent's pod does not use hostNetwork: net.* settings stay unverified");
+    }
+    facts
 }
 
 fn check_tolerated(facts: &PodFacts, opts: &GateOptions) -> Result<(), GateError> {
@@ -229,7 +240,7 @@ pub async fn run(prepared: Prepared, mut inputs: GateInputs) -> Result<(), GateE
             n = node_rx.recv() => match n {
                 Some(n) => Input::Node(Box::new(n)),
                 None => {
-                    result = Err(GateError::Client("the Node watch task ended".into()));
+                    result = Err(GateError::WatchEnded);
                     break;
                 }
             },
@@ -282,11 +293,7 @@ async fn read_own_pod(
     loop {
         match api.get_pod(&ns, &name).await {
             Ok(p) => {
-                let facts = PodFacts::of(&p, effect.as_deref());
-                if !facts.host_network {
-                    tracing::error!(pod = %facts.pod, "the agent's pod does not use hostNetwork: net.* settings stay unverified");
-                }
-                let _ = tx.send(facts).await;
+                let _ = tx.send(own_pod_facts(&p, effect.as_deref())).await;
                 return;
             }
             Err(e) => {

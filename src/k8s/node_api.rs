@@ -116,10 +116,6 @@ impl KubeNodeApi {
         }
     }
 
-    pub fn node_name(&self) -> &str {
-        &self.name
-    }
-
     /// The bound of every request.
     pub fn timeout(&self) -> Duration {
         self.timeout
