@@ -41,6 +41,7 @@ bash tests/apiserver/build.sh
 # debootstrap, systemd-nspawn and the cached Debian root filesystem of tests/systemd_boot.rs.
 bash tests/systemd-boot/node.sh setup
 bash tests/cluster/setup.sh  # the real-node tests: containerd, CNI plugins, kubelet, scheduler, controller-manager
+bash scripts/release-tools.sh  # helm, arm64 cross build + qemu, cargo-cyclonedx, cargo-deny; `cargo deny check` (offline)
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
