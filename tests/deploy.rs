@@ -849,7 +849,8 @@ fn pod_command(
             "/host/sys" => t.path("sys").to_string_lossy().into_owned(),
             "/var/lib/redis-node-tuner" => state.to_string_lossy().into_owned(),
             "/etc/redis-node-tuner/config.yaml" => config.to_string_lossy().into_owned(),
-            "json" => "json".into(),
+            // Values that are not paths: the log format, the taint effect, the heartbeat.
+            "json" | "NoSchedule" | "5m" => v.into(),
             "fieldRef:spec.nodeName" => node.into(),
             "fieldRef:metadata.name" => pod.into(),
             "fieldRef:metadata.namespace" => NS.into(),
