@@ -50,7 +50,13 @@ for arch in $arches; do
   tdir=$target_dir
   [[ $arch == amd64 ]] || tdir=${RNT_CROSS_TARGET_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/redis-node-tuner/cargo-target-$arch}
   echo "build-release.sh: $arch ($t) in $tdir" >&2
-  CARGO_TARGET_DIR=$tdir "$cargo" build --release --locked --target "$t" --bin redis-node-tuner >&2
+  # ring's build script reruns when CARGO_MANIFEST_DIR changes (cargo test sets it to the
+  # clone's path): the cached arm64 build drops it, so a clone elsewhere still finds it warm.
+  # amd64 keeps the caller's environment, to share target/ with the tests' own builds.
+  unset_env=()
+  [[ $arch == amd64 ]] || unset_env=(-u CARGO_MANIFEST_DIR)
+  env "${unset_env[@]}" CARGO_TARGET_DIR="$tdir" "$cargo" build --release --locked --target "$t" \
+    --bin redis-node-tuner >&2
   bin=$tdir/$t/release/redis-node-tuner
   cp -f "$bin" "$dist/redis-node-tuner-$version-$arch"
 
