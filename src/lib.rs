@@ -29,3 +29,4 @@ pub mod profile;
 pub mod reconcile;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod writers;

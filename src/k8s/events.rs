@@ -20,25 +20,43 @@ pub fn event_for(e: &Event) -> KEvent {
             desired,
             actual,
             mode,
+            writer,
         } => (
             EventType::Warning,
             "DriftDetected",
-            format!("{knob} is {actual}, want {desired} ({mode} mode)"),
+            format!(
+                "{knob} is {actual}, want {desired} ({mode} mode){}",
+                written_by(writer)
+            ),
         ),
-        Event::Corrected { knob, from, to } => (
+        Event::Corrected {
+            knob,
+            from,
+            to,
+            writer,
+        } => (
             EventType::Normal,
             "DriftCorrected",
-            format!("{knob} set from {from} to {to}"),
+            format!("{knob} set from {from} to {to}{}", written_by(writer)),
         ),
         Event::CorrectionFailed { error, .. } | Event::ReadFailed { error, .. } => {
             (EventType::Warning, "CorrectionFailed", error.to_string())
         }
-        Event::Contested { knob, passes } => (
+        Event::Contested {
+            knob,
+            passes,
+            writer,
+        } => (
             EventType::Warning,
             "Contested",
-            format!(
-                "{knob} had to be corrected on {passes} consecutive passes: something keeps rewriting it"
-            ),
+            match writer {
+                Some(w) => format!(
+                    "{knob} had to be corrected on {passes} consecutive passes: {w} keeps rewriting it"
+                ),
+                None => format!(
+                    "{knob} had to be corrected on {passes} consecutive passes: something keeps rewriting it"
+                ),
+            },
         ),
     };
     KEvent {
@@ -48,6 +66,13 @@ pub fn event_for(e: &Event) -> KEvent {
         action: truncate(&format!("Tune {}", e.knob()), 128).to_string(),
         secondary: None,
     }
+}
+
+/// `; written by <writer>`, when the writer watch named it.
+fn written_by(w: &Option<std::sync::Arc<crate::writers::Writer>>) -> String {
+    w.as_ref()
+        .map(|w| format!("; written by {w}"))
+        .unwrap_or_default()
 }
 
 /// The event published when the node becomes Redis-ready.

@@ -492,11 +492,13 @@ mod tests {
                 desired: "never".into(),
                 actual: "always".into(),
                 mode: Mode::Enforce,
+                writer: None,
             },
             Event::Corrected {
                 knob: "thp.enabled".into(),
                 from: "always".into(),
                 to: "never".into(),
+                writer: None,
             },
         ]
     }

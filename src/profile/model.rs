@@ -119,6 +119,8 @@ pub struct Setting {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
     pub interval: Duration,
+    /// The writer watch of `run` (`writers:`; `--writers` overrides it).
+    pub writers: crate::writers::WritersMode,
     /// Settings in a stable order; `Mode::Off` settings are dropped at load.
     pub settings: Vec<Setting>,
 }
@@ -145,6 +147,7 @@ impl Default for Profile {
         };
         Profile {
             interval: DEFAULT_INTERVAL,
+            writers: crate::writers::WritersMode::default(),
             settings: vec![
                 s(
                     "vm.overcommit_memory",
