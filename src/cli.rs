@@ -125,6 +125,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Audit the node against the profile; never writes.
     Check {
@@ -352,7 +354,10 @@ pub fn run_cli(cli: Cli) -> Exit {
     } = &cli.command
     {
         match crate::writers::WritersMode::parse(w) {
-            Some(m) => profile.writers = m,
+            Some(m) => {
+                profile.writers = m;
+                profile.writers_explicit = true;
+            }
             None => {
                 eprintln!("error: --writers {w:?}: expected off, observe or lock");
                 return Exit::Usage;
@@ -398,6 +403,7 @@ pub fn run_cli(cli: Cli) -> Exit {
             let watch = WatchOptions {
                 mode: profile.writers,
                 cgroup_root: cgroup_root.clone(),
+                explicit: profile.writers_explicit,
             };
             // Held for the life of the daemon: no apply, restore or second run meanwhile.
             let _lock = match StateLock::acquire(&cli.state_dir) {

@@ -50,6 +50,8 @@ pub struct WatchOptions {
     pub mode: WritersMode,
     /// The host's cgroup v2 root (`None`: found in the mount table).
     pub cgroup_root: Option<PathBuf>,
+    /// Asked for by `--writers` or `writers:` (not the default): unavailability is a warning.
+    pub explicit: bool,
 }
 
 /// Messages to the enforce thread.
@@ -228,19 +230,18 @@ pub async fn run(
         netns = %agent.fs().netns().describe(),
         "enforce loop started"
     );
-    let watch_cfg = writers::WatchConfig {
-        mode: watch_opts.mode,
-        proc_root: agent.fs().proc_root().to_path_buf(),
-        sys_root: agent.fs().sys_root().to_path_buf(),
-        cgroup_root: watch_opts.cgroup_root,
-        host_netns: agent.fs().net_ns_ino(),
-        knobs: agent.watched_knobs(),
-    };
+    let watch_cfg = writers::WatchConfig::new(
+        watch_opts.mode,
+        watch_opts.cgroup_root,
+        agent.fs().net_ns_ino(),
+        agent.watched_knobs(),
+    );
     let pending = Arc::new(Pending::new(watch_cfg.knobs.len()));
     agent.attach_pending(pending.clone());
     let mut enforcer = Enforcer::spawn(agent, metrics.clone(), out).map_err(DaemonError::Start)?;
     let _watch = start_watch(
         watch_cfg,
+        watch_opts.explicit,
         &metrics,
         pending,
         &enforcer,
@@ -272,6 +273,7 @@ pub async fn run(
 /// Starts the writer watch, or meters and logs why it does not run.
 fn start_watch(
     cfg: writers::WatchConfig,
+    explicit: bool,
     metrics: &Arc<Metrics>,
     pending: Arc<Pending>,
     enforcer: &Enforcer,
@@ -301,6 +303,10 @@ fn start_watch(
             let poll_ms = interval.as_millis() as u64;
             if u.reason == "off" {
                 tracing::info!(poll_ms, "writer watch off: drift is found by the poll");
+            } else if !explicit && matches!(u.reason, "permission" | "fake_root") {
+                // The default (observe) on an agent installed without the watch's privileges.
+                tracing::info!(reason = u.reason, detail = %u.message, poll_ms,
+                    "writer watch unavailable: drift is found by the poll, writers are not named");
             } else {
                 tracing::warn!(reason = u.reason, detail = %u.message, poll_ms,
                     "writer watch unavailable: drift is found by the poll, writers are not named");

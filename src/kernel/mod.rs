@@ -63,14 +63,6 @@ impl HostFs {
         fs
     }
 
-    pub fn proc_root(&self) -> &Path {
-        &self.proc_root
-    }
-
-    pub fn sys_root(&self) -> &Path {
-        &self.sys_root
-    }
-
     /// The absolute path of a location under the roots.
     pub fn path(&self, loc: &Location) -> PathBuf {
         match loc.root {

@@ -129,7 +129,10 @@ impl Validator {
         };
         if let Some(v) = map.get("writers") {
             match v.as_str().and_then(crate::writers::WritersMode::parse) {
-                Some(m) => profile.writers = m,
+                Some(m) => {
+                    profile.writers = m;
+                    profile.writers_explicit = true;
+                }
                 None => self.issue("writers", Some(v), "expected off, observe or lock"),
             }
         }

@@ -221,8 +221,6 @@ pub struct WatchedKnob {
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
     pub mode: WritersMode,
-    pub proc_root: PathBuf,
-    pub sys_root: PathBuf,
     /// The cgroup v2 root to attach to; `None`: the first cgroup2 mount, unless the agent is in
     /// a cgroup namespace (then it would see only its own subtree).
     pub cgroup_root: Option<PathBuf>,
@@ -230,6 +228,25 @@ pub struct WatchConfig {
     pub host_netns: Option<u64>,
     /// Indexed as the agent's knobs.
     pub knobs: Vec<WatchedKnob>,
+    /// Whether a knob's file is the kernel's (tests judge by name).
+    pub is_kernel_file: fn(&WatchedKnob) -> bool,
+}
+
+impl WatchConfig {
+    pub fn new(
+        mode: WritersMode,
+        cgroup_root: Option<PathBuf>,
+        host_netns: Option<u64>,
+        knobs: Vec<WatchedKnob>,
+    ) -> WatchConfig {
+        WatchConfig {
+            mode,
+            cgroup_root,
+            host_netns,
+            knobs,
+            is_kernel_file,
+        }
+    }
 }
 
 /// Where the watch delivers.
@@ -262,15 +279,50 @@ const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 const SYSFS_MAGIC: i64 = 0x6265_6572;
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
+/// Capabilities the watch needs: (bit, name). CAP_SYS_ADMIN alone also does.
+const NEEDED_CAPS: [(u32, &str); 3] = [(39, "CAP_BPF"), (38, "CAP_PERFMON"), (12, "CAP_NET_ADMIN")];
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// The needed capabilities missing from the effective set (`/proc/self/status` `CapEff`).
+fn missing_caps() -> Vec<&'static str> {
+    let eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    if eff & (1 << CAP_SYS_ADMIN) != 0 {
+        return vec![];
+    }
+    NEEDED_CAPS
+        .iter()
+        .filter(|(bit, _)| eff & (1u64 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
+
+/// The knob's file is the kernel's own (procfs for sysctls, sysfs for THP), not a fake tree.
+fn is_kernel_file(k: &WatchedKnob) -> bool {
+    let want = match k.location.root {
+        Root::Proc => PROC_SUPER_MAGIC,
+        Root::Sys => SYSFS_MAGIC,
+    };
+    fs_magic(&k.path) == Some(want)
+}
+
+// `f_type`'s integer type differs between libcs and architectures.
+#[allow(clippy::unnecessary_cast)]
 fn fs_magic(p: &Path) -> Option<i64> {
     nix::sys::statfs::statfs(p)
         .ok()
         .map(|s| s.filesystem_type().0 as i64)
 }
 
-/// The first cgroup v2 mount in `<proc_root>/self/mountinfo`.
-fn cgroup2_mount(proc_root: &Path) -> Option<PathBuf> {
-    let info = std::fs::read_to_string(proc_root.join("self/mountinfo")).ok()?;
+/// The first cgroup v2 mount in the agent's mount table.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     info.lines().find_map(|l| {
         let (left, right) = l.split_once(" - ")?;
         if right.split(' ').next()? != "cgroup2" {
@@ -291,7 +343,7 @@ fn cgroup_root(cfg: &WatchConfig) -> Result<PathBuf, Unavailable> {
         }
         return Ok(p.clone());
     }
-    let own_ns = std::fs::metadata(cfg.proc_root.join("self/ns/cgroup"))
+    let own_ns = std::fs::metadata("/proc/self/ns/cgroup")
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
         .ok();
     if own_ns.is_some_and(|ino| ino != 0xEFFF_FFFB) {
@@ -302,7 +354,7 @@ fn cgroup_root(cfg: &WatchConfig) -> Result<PathBuf, Unavailable> {
                 .into(),
         });
     }
-    cgroup2_mount(&cfg.proc_root).ok_or_else(|| Unavailable {
+    cgroup2_mount().ok_or_else(|| Unavailable {
         reason: "no_cgroup2",
         message: "no cgroup v2 mount in /proc/self/mountinfo".into(),
     })
@@ -324,6 +376,9 @@ fn watchlist(cfg: &WatchConfig) -> bpf::Watchlist {
     let mut list = bpf::Watchlist::default();
     for (i, k) in cfg.knobs.iter().enumerate() {
         let Ok(index) = u32::try_from(i) else { break };
+        if !(cfg.is_kernel_file)(k) {
+            continue;
+        }
         match k.location.root {
             Root::Proc => {
                 let Some(name) = k.location.rel.strip_prefix("sys/") else {
@@ -368,16 +423,23 @@ pub fn start(cfg: WatchConfig, sink: Sink) -> Result<Watch, Unavailable> {
         reason: "unsupported_arch",
         message: format!("no writer-watch program for {}", std::env::consts::ARCH),
     })?;
-    if fs_magic(&cfg.proc_root.join("sys")) != Some(PROC_SUPER_MAGIC)
-        || fs_magic(&cfg.sys_root) != Some(SYSFS_MAGIC)
-    {
+    let missing = missing_caps();
+    if !missing.is_empty() {
+        return Err(Unavailable {
+            reason: "permission",
+            message: format!(
+                "missing {} (or CAP_SYS_ADMIN) in the effective capability set",
+                missing.join(", ")
+            ),
+        });
+    }
+    let list = watchlist(&cfg);
+    if list.sysctls.is_empty() && list.sysfs.is_empty() {
         return Err(Unavailable {
             reason: "fake_root",
-            message: format!(
-                "{} or {} is not the kernel's procfs/sysfs: there are no writes to watch",
-                cfg.proc_root.join("sys").display(),
-                cfg.sys_root.display()
-            ),
+            message: "no knob of the profile is a file of the kernel's procfs or sysfs under \
+                      --proc-root/--sys-root: there are no writes to watch"
+                .into(),
         });
     }
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
@@ -387,10 +449,11 @@ pub fn start(cfg: WatchConfig, sink: Sink) -> Result<Watch, Unavailable> {
         });
     }
     let root = cgroup_root(&cfg)?;
-    let loaded = bpf::load(object, &root, &watchlist(&cfg))?;
+    let loaded = bpf::load(object, &root, &list)?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
-    let resolver = origin::Resolver::new(&cfg.proc_root, &root);
+    // The agent's own /proc: its process table (the host's with hostPID or on bare metal).
+    let resolver = origin::Resolver::new(Path::new("/proc"), &root);
     let thread = std::thread::Builder::new()
         .name("writers".into())
         .spawn(move || read_loop(loaded, cfg, resolver, sink, &stop2))
@@ -535,10 +598,9 @@ mod tests {
     fn cfg(mode: WritersMode, host_netns: Option<u64>) -> WatchConfig {
         WatchConfig {
             mode,
-            proc_root: "/proc".into(),
-            sys_root: "/sys".into(),
             cgroup_root: None,
             host_netns,
+            is_kernel_file: |k| !k.name.starts_with("fake."),
             knobs: vec![
                 knob(
                     "vm.overcommit_memory",
@@ -603,6 +665,34 @@ mod tests {
         assert_eq!(l.sysfs[0].1, 3);
         let o = watchlist(&cfg(WritersMode::Observe, Some(1)));
         assert!(o.sysctls.iter().all(|(_, r)| r.lock == 0));
+    }
+
+    #[test]
+    fn knobs_outside_the_kernels_files_are_not_watched() {
+        let mut c = cfg(WritersMode::Observe, Some(1));
+        c.knobs[0].name = "fake.overcommit".into();
+        let l = watchlist(&c);
+        assert!(l.sysctls.iter().all(|(_, r)| r.knob != 0));
+        assert_eq!(l.sysctls.len(), 2);
+    }
+
+    #[test]
+    fn a_fake_tree_is_not_the_kernel() {
+        let tree = crate::testing::FakeTree::untuned();
+        let fs = tree.fs();
+        let k = WatchedKnob {
+            name: "vm.overcommit_memory".into(),
+            location: Location::sysctl("vm.overcommit_memory"),
+            path: fs.path(&Location::sysctl("vm.overcommit_memory")),
+            desired: Desired::Equals(1),
+            mode: Mode::Enforce,
+        };
+        assert!(!is_kernel_file(&k));
+        let real = WatchedKnob {
+            path: "/proc/sys/vm/overcommit_memory".into(),
+            ..k
+        };
+        assert!(is_kernel_file(&real));
     }
 
     #[test]

@@ -100,7 +100,7 @@ impl Resolver {
         cgroup_id: u64,
     ) -> (Option<String>, Option<String>) {
         if self.host_view
-            && let Some((path, cmdline)) = self.from_proc(pid, ppid)
+            && let Some((path, cmdline)) = self.via_proc(pid, ppid)
         {
             return (Some(path), cmdline);
         }
@@ -108,7 +108,7 @@ impl Resolver {
     }
 
     /// Through `/proc/<pid>`, if that is still the writer (same parent).
-    fn from_proc(&self, pid: u32, ppid: u32) -> Option<(String, Option<String>)> {
+    fn via_proc(&self, pid: u32, ppid: u32) -> Option<(String, Option<String>)> {
         let p =
             procfs::process::Process::new_with_root(self.proc_root.join(pid.to_string())).ok()?;
         let stat = p.stat().ok()?;
