@@ -16,6 +16,11 @@ command -v musl-gcc >/dev/null || need+=(musl-tools)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v man >/dev/null || need+=(man-db)
 command -v unshare >/dev/null || need+=(util-linux)
+# tests/writers.rs rebuilds the committed BPF object (bpf/build.sh) and compares.
+command -v clang >/dev/null || need+=(clang)
+command -v llvm-strip >/dev/null || need+=(llvm)
+[ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+command -v sysctl >/dev/null || need+=(procps)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing ${need[*]}: run as root, or install them first" >&2
