@@ -461,11 +461,13 @@ fn base_and_overlay_apply_server_side_and_keep_the_least_privilege_pod_spec() {
     });
     assert_eq!(env.len() + 2, before, "{env:?}");
     let mounts = c["volumeMounts"].as_array_mut().expect("mounts");
-    let cg_mount = json!({"name": "host-cgroup", "mountPath": "/host/sys/fs/cgroup", "readOnly": true});
+    let cg_mount =
+        json!({"name": "host-cgroup", "mountPath": "/host/sys/fs/cgroup", "readOnly": true});
     assert!(mounts.contains(&cg_mount), "{mounts:?}");
     mounts.retain(|m| m != &cg_mount);
     let volumes = spec["volumes"].as_array_mut().expect("volumes");
-    let cg = json!({"name": "host-cgroup", "hostPath": {"path": "/sys/fs/cgroup", "type": "Directory"}});
+    let cg =
+        json!({"name": "host-cgroup", "hostPath": {"path": "/sys/fs/cgroup", "type": "Directory"}});
     assert!(volumes.contains(&cg), "{volumes:?}");
     volumes.retain(|v| v != &cg);
     assert_least_privilege(&ds);

@@ -168,4 +168,65 @@ mod tests {
         assert_eq!((q.len(), q.dropped()), (QUEUE_MAX, 5));
         assert_eq!(q.pop().map(|e| e.reason), Some("R5".into()));
     }
+
+    #[test]
+    fn drift_and_contested_notes_name_the_writer_when_known() {
+        let w = std::sync::Arc::new(crate::writers::Writer {
+            pid: 4242,
+            tid: 4242,
+            comm: "tuned".into(),
+            ppid: 1,
+            parent_comm: "systemd".into(),
+            uid: 0,
+            cgroup: Some("/system.slice/tuned.service".into()),
+            pod_uid: None,
+            container_id: None,
+            cmdline: None,
+        });
+        let by = "written by pid 4242 (tuned), parent 1 (systemd), uid 0, cgroup /system.slice/tuned.service";
+        let e = event_for(&Event::DriftDetected {
+            knob: "vm.overcommit_memory".into(),
+            desired: "1".into(),
+            actual: "0".into(),
+            mode: crate::profile::Mode::Enforce,
+            writer: Some(w.clone()),
+        });
+        assert_eq!(
+            e.note.as_deref(),
+            Some(format!("vm.overcommit_memory is 0, want 1 (enforce mode); {by}").as_str())
+        );
+        let e = event_for(&Event::Corrected {
+            knob: "vm.overcommit_memory".into(),
+            from: "0".into(),
+            to: "1".into(),
+            writer: Some(w.clone()),
+        });
+        assert!(
+            e.note.as_deref().is_some_and(|n| n.ends_with(by)),
+            "{:?}",
+            e.note
+        );
+        let e = event_for(&Event::Contested {
+            knob: "vm.overcommit_memory".into(),
+            passes: 3,
+            writer: Some(w),
+        });
+        assert!(
+            e.note
+                .as_deref()
+                .is_some_and(|n| n.contains("pid 4242 (tuned)") && n.contains("keeps rewriting")),
+            "{:?}",
+            e.note
+        );
+        let e = event_for(&Event::Corrected {
+            knob: "vm.overcommit_memory".into(),
+            from: "0".into(),
+            to: "1".into(),
+            writer: None,
+        });
+        assert_eq!(
+            e.note.as_deref(),
+            Some("vm.overcommit_memory set from 0 to 1")
+        );
+    }
 }

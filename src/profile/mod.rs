@@ -123,7 +123,10 @@ mod tests {
         let p = Profile::from_yaml("writers: lock\n").unwrap();
         assert_eq!((p.writers, p.writers_explicit), (WritersMode::Lock, true));
         let d = Profile::default();
-        assert_eq!((d.writers, d.writers_explicit), (WritersMode::Observe, false));
+        assert_eq!(
+            (d.writers, d.writers_explicit),
+            (WritersMode::Observe, false)
+        );
         let i = issues("writers: block\n");
         assert_eq!(i.len(), 1, "{i:?}");
         assert_eq!(i[0].field, "writers");

@@ -452,11 +452,25 @@ pub fn start(cfg: WatchConfig, sink: Sink) -> Result<Watch, Unavailable> {
     let loaded = bpf::load(object, &root, &list)?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
+    let metrics = sink.metrics.clone();
+    let mode = cfg.mode.as_str();
     // The agent's own /proc: its process table (the host's with hostPID or on bare metal).
     let resolver = origin::Resolver::new(Path::new("/proc"), &root);
     let thread = std::thread::Builder::new()
         .name("writers".into())
-        .spawn(move || read_loop(loaded, cfg, resolver, sink, &stop2))
+        .spawn(move || {
+            // The watch is not critical (the poll still corrects), but its metric must not
+            // say active once it has stopped reading.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                read_loop(loaded, cfg, resolver, sink, &stop2)
+            }));
+            if !stop2.load(Ordering::Relaxed) || ran.is_err() {
+                tracing::error!(
+                    "writer watch stopped: drift is found by the poll, writers are not named"
+                );
+                metrics.writer_watch(mode, "stopped", false);
+            }
+        })
         .map_err(|e| Unavailable {
             reason: "load_failed",
             message: format!("cannot start the watch thread: {e}"),
