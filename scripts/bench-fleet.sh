@@ -8,15 +8,18 @@
 #   - heartbeat spread over WINDOW seconds (max heartbeats in one second vs the mean), and the
 #     spread of watch renewals;
 #   - apiserver CPU and RSS (etcd is embedded in the same process), agent RSS;
-#   - an apiserver restart storm: the apiserver is stopped for OUTAGE seconds (longer than the
+#   - an apiserver restart storm: the apiserver is stopped (SIGTERM; its graceful stop takes up
+#     to a minute with watches open, and the outage is at least OUTAGE seconds, longer than the
 #     heartbeat, so every agent has a condition to write), then started again on the same data:
-#     peak requests/s in the first minute after it is ready, time until every node's condition
-#     carries a heartbeat written after the restart, log lines per agent from the stop to then.
+#     peak requests/s in the first minute after it is ready, the time from ready until every
+#     node's condition carries a heartbeat written after the stop (the marks converged), log
+#     lines per agent from the stop to then.
 #
 # Usage: scripts/bench-fleet.sh N        (e.g. 20, 100, 500)
 # Environment: HEARTBEAT (30s), WINDOW (300 s), OUTAGE (60 s), BIN (release binary, built when
 #   missing), OUT (directory for the raw output; default a temp dir that is kept), KEEP=1 keeps
-#   the work dir (apiserver data, agent logs, audit log).
+#   the work dir (apiserver data, agent logs, audit log), FLOWCONTROL=0 leaves
+#   deploy/base/access/flowcontrol.yaml out (to measure a build from before it).
 # Only loopback; the kernel knobs are N fake trees in a temp dir. Nothing on the host changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."

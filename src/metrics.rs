@@ -56,6 +56,11 @@ pub struct Metrics {
     initialized: AtomicBool,
     /// Kubernetes API requests, by verb and result (used by the Kubernetes reporter).
     pub kube_requests: Family<RequestLabels, Counter>,
+    /// 1 while the Kubernetes API answers, 0 during an outage (Kubernetes mode only: no labels,
+    /// created on first use).
+    pub kube_api_reachable: Family<Vec<(String, String)>, Gauge>,
+    /// Outages of the Kubernetes API (Kubernetes mode).
+    pub kube_api_outages: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -92,6 +97,8 @@ impl Metrics {
             // 5 µs .. ~80 ms
             check_duration: Histogram::new(exponential_buckets(0.000_005, 2.0, 15)),
             kube_requests: Family::default(),
+            kube_api_reachable: Family::default(),
+            kube_api_outages: Counter::default(),
             initialized: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -149,6 +156,16 @@ impl Metrics {
             "kube_requests",
             "Kubernetes API requests by verb and result",
             m.kube_requests.clone(),
+        );
+        registry.register(
+            "kube_api_reachable",
+            "1 while the Kubernetes API answers, 0 while it does not (no connection, timeouts, 429, 5xx)",
+            m.kube_api_reachable.clone(),
+        );
+        registry.register(
+            "kube_api_outages",
+            "Times the Kubernetes API became unreachable",
+            m.kube_api_outages.clone(),
         );
         // A gauge rather than an OpenMetrics info: promtool's text parser rejects `info`.
         let build = Family::<VersionLabel, Gauge>::default();
