@@ -179,15 +179,20 @@ pub struct Heartbeat {
 }
 
 impl Heartbeat {
-    /// The heartbeat of `node` every `period`.
+    /// The heartbeat of `node` every `period`. Slots fall on whole seconds (the period is
+    /// rounded up to one), as `lastHeartbeatTime` does: a write made in a slot's second is
+    /// stored at or after the slot, so the next beat is a whole period later, never again in
+    /// the same second.
     pub fn new(period: Duration, node: &str) -> Heartbeat {
-        let period_ms = i64::try_from(period.as_millis()).unwrap_or(i64::MAX).max(0);
+        let period_s = i64::try_from(period.as_secs()).unwrap_or(i64::MAX / 1000);
+        let period_s = if period.is_zero() { 0 } else { period_s.max(1) };
         // FNV-1a: stable across builds and platforms (the phase must not move on an upgrade).
         let hash = node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
         });
-        let phase_ms = if period_ms > 0 {
-            (hash % period_ms as u64) as i64
+        let period_ms = period_s.saturating_mul(1000);
+        let phase_ms = if period_s > 0 {
+            (hash % period_s as u64) as i64 * 1000
         } else {
             0
         };
@@ -514,6 +519,13 @@ pub(crate) mod tests {
         assert!(hb.due(Some(catch_up), hb.next_after(catch_up)));
         assert!(hb.due(None, t0));
         assert!(Heartbeat::always().due(Some(t0), t0));
+        // The API keeps whole seconds: a beat written 100 ms after its slot is stored at the
+        // slot's second, and the next one is a whole period later (not due again at once).
+        let slot = hb.next_after(t0);
+        let written = slot + Duration::from_millis(100);
+        let stored: Timestamp = Timestamp::from_second(written.as_second()).unwrap_or(written);
+        assert!(!hb.due(Some(stored), written + Duration::from_millis(200)));
+        assert_eq!(hb.next_after(stored), slot + Duration::from_secs(60));
     }
 
     #[test]

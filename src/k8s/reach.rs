@@ -28,6 +28,8 @@ pub fn is_unreachable(e: &GateError) -> bool {
 struct Down {
     since: Option<Instant>,
     failures: u32,
+    /// Lines logged at info level or above (what an operator sees per outage).
+    lines: u32,
 }
 
 /// The reachability of the API, shared by the gate and the watch task.
@@ -51,6 +53,9 @@ impl Reach {
             let Ok(mut d) = self.down.lock() else { return };
             let ended = d.since.take().map(|s| (s.elapsed(), d.failures));
             d.failures = 0;
+            if ended.is_some() {
+                d.lines += 1;
+            }
             ended
         };
         if let Some(m) = &self.metrics {
@@ -79,6 +84,7 @@ impl Reach {
             d.failures = d.failures.saturating_add(1);
             if d.since.is_none() {
                 d.since = Some(Instant::now());
+                d.lines += 1;
                 true
             } else {
                 false
@@ -97,6 +103,11 @@ impl Reach {
             tracing::debug!(error = %e, "Kubernetes API still unreachable");
         }
         true
+    }
+
+    /// Lines logged at info level or above so far (two per outage).
+    pub fn lines_logged(&self) -> u32 {
+        self.down.lock().map(|d| d.lines).unwrap_or(0)
     }
 
     /// Whether an outage is going on.
