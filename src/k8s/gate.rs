@@ -224,10 +224,17 @@ impl<A: NodeApi> Gate<A> {
                 }
             }
             Err(e) => {
-                let delay = self.retry.next_delay();
-                self.retry_at = Some(now + delay);
+                let was_unreachable = self.unreachable;
                 // An unreachable API is logged once per outage by `reach`; a refusal below.
                 self.unreachable = self.reach.failed(&e);
+                if was_unreachable && !self.unreachable {
+                    // The API answers again, if only with a refusal (an apiserver still starting
+                    // answers 403 until its RBAC caches fill): back off from the start again
+                    // rather than at the outage's length.
+                    self.retry.reset();
+                }
+                let delay = self.retry.next_delay();
+                self.retry_at = Some(now + delay);
                 if self.unreachable {
                     return;
                 }
@@ -333,6 +340,7 @@ mod tests {
     #[derive(Debug, Clone, Copy, PartialEq)]
     enum Fault {
         Timeout,
+        Forbidden,
     }
 
     /// A Node held in memory; every request is recorded as one line.
@@ -390,6 +398,14 @@ mod tests {
                     node: "n1".into(),
                     verb: "test",
                     after: Duration::from_secs(10),
+                }),
+                Some(Fault::Forbidden) => Err(GateError::Api {
+                    node: "n1".into(),
+                    source: kube::Error::Api(
+                        kube::core::Status::failure("forbidden", "Forbidden")
+                            .with_code(403)
+                            .boxed(),
+                    ),
                 }),
             }
         }
@@ -894,6 +910,31 @@ mod tests {
         };
         assert!(!reach.failed(&forbidden));
         assert!(!reach.is_down());
+    }
+
+    #[tokio::test]
+    async fn a_refusal_right_after_an_outage_is_retried_soon_not_at_the_outages_backoff() {
+        let fake = Fake::with_node(vec![]);
+        fake.faults.borrow_mut().extend([Fault::Timeout; 8]);
+        fake.faults.borrow_mut().push_back(Fault::Forbidden);
+        let (mut g, t0) = started(fake, tuned()).await;
+        let mut now = t0;
+        for _ in 0..8 {
+            now = g.next_wake(now);
+            g.on_timer(now).await;
+        }
+        // The 9th attempt is answered with a 403 (an apiserver that is still starting).
+        assert!(
+            g.next_wake(now) - now <= RETRY_START,
+            "{:?}",
+            g.next_wake(now) - now
+        );
+        now = g.next_wake(now);
+        g.on_timer(now).await;
+        assert_eq!(
+            g.api.take_log().last().map(String::as_str),
+            Some("event NodeReady")
+        );
     }
 
     #[tokio::test]
