@@ -300,7 +300,12 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
     let directives = if cli.log_level.contains("kube_client") {
         cli.log_level.clone()
     } else {
-        format!("{},kube_client::client::builder=off", cli.log_level)
+        // Its watch stream also warns once per connection cut ("eof in poll"): an outage is
+        // reported by the gate, once.
+        format!(
+            "{},kube_client::client=error,kube_client::client::builder=off",
+            cli.log_level
+        )
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&directives).map_err(|e| e.to_string())?;
     // Colours only on a terminal: under systemd stderr is the journal, where escape sequences

@@ -79,6 +79,11 @@ pub struct Metrics {
     writer_names: std::sync::Mutex<std::collections::HashSet<String>>,
     watch_active: Family<WatchLabels, Gauge>,
     watch_lost: Counter,
+    /// 1 while the Kubernetes API answers, 0 during an outage (Kubernetes mode only: no labels,
+    /// created on first use).
+    pub kube_api_reachable: Family<Vec<(String, String)>, Gauge>,
+    /// Outages of the Kubernetes API (Kubernetes mode).
+    pub kube_api_outages: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -119,6 +124,8 @@ impl Metrics {
             writer_names: Default::default(),
             watch_active: Family::default(),
             watch_lost: Counter::default(),
+            kube_api_reachable: Family::default(),
+            kube_api_outages: Counter::default(),
             initialized: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -191,6 +198,16 @@ impl Metrics {
             "writer_watch_events_lost",
             "Writer-watch events the kernel dropped because the ring buffer was full (the poll still corrects)",
             m.watch_lost.clone(),
+        );
+        registry.register(
+            "kube_api_reachable",
+            "1 while the Kubernetes API answers, 0 while it does not (no connection, timeouts, 429, 5xx)",
+            m.kube_api_reachable.clone(),
+        );
+        registry.register(
+            "kube_api_outages",
+            "Times the Kubernetes API became unreachable",
+            m.kube_api_outages.clone(),
         );
         // A gauge rather than an OpenMetrics info: promtool's text parser rejects `info`.
         let build = Family::<VersionLabel, Gauge>::default();

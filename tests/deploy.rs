@@ -305,6 +305,8 @@ fn base_and_overlay_apply_server_side_and_keep_the_least_privilege_pod_spec() {
         "ValidatingAdmissionPolicyBinding/redis-node-tuner-own-node-marks",
         "ValidatingAdmissionPolicy/redis-node-tuner-own-node-events",
         "ValidatingAdmissionPolicyBinding/redis-node-tuner-own-node-events",
+        "PriorityLevelConfiguration/redis-node-tuner",
+        "FlowSchema/redis-node-tuner",
     ] {
         assert!(objects.contains(want), "{want} not rendered: {objects:?}");
     }
