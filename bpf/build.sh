@@ -12,7 +12,7 @@ command -v "$clang" >/dev/null || { echo "bpf/build.sh: clang is required (apt-g
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 "$clang" -O2 -g -target bpf -D__TARGET_ARCH_x86 \
-  -I/usr/include/x86_64-linux-gnu -Wall -Werror \
+  -I/usr/include/x86_64-linux-gnu -Wall -Werror -ffile-prefix-map="$PWD"=. \
   -c bpf/writers.bpf.c -o "$tmp/writers.bpf.o"
 "$strip" -g "$tmp/writers.bpf.o"
 mv "$tmp/writers.bpf.o" "$out"
