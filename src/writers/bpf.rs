@@ -194,6 +194,14 @@ fn unavailable(what: &str, e: impl std::error::Error + 'static) -> Unavailable {
     Unavailable { reason, message }
 }
 
+/// The object lacks a map or program this loader needs (a build of another source).
+fn missing(what: &str) -> Unavailable {
+    Unavailable {
+        reason: "load_failed",
+        message: format!("the BPF object has no {what}"),
+    }
+}
+
 /// Loads the object, fills the maps and attaches: the sysctl program to `cgroup_root` (the
 /// cgroup v2 root), the tracepoint to `sys_exit`.
 pub fn load(object: &[u8], cgroup_root: &Path, list: &Watchlist) -> Result<Loaded, Unavailable> {
@@ -209,10 +217,9 @@ pub fn load(object: &[u8], cgroup_root: &Path, list: &Watchlist) -> Result<Loade
         .load(object)
         .map_err(|e| unavailable("loading the BPF object", e))?;
     {
-        let map = ebpf.map_mut("sysctl_rules").ok_or_else(|| Unavailable {
-            reason: "load_failed",
-            message: "the BPF object has no sysctl_rules map".into(),
-        })?;
+        let map = ebpf
+            .map_mut("sysctl_rules")
+            .ok_or_else(|| missing("sysctl_rules map"))?;
         let mut rules: BpfHashMap<_, [u8; NAME_LEN], [u8; 24]> =
             BpfHashMap::try_from(map).map_err(|e| unavailable("sysctl_rules", e))?;
         for (name, rule) in &list.sysctls {
@@ -228,10 +235,9 @@ pub fn load(object: &[u8], cgroup_root: &Path, list: &Watchlist) -> Result<Loade
         }
     }
     {
-        let map = ebpf.map_mut("sysfs_knobs").ok_or_else(|| Unavailable {
-            reason: "load_failed",
-            message: "the BPF object has no sysfs_knobs map".into(),
-        })?;
+        let map = ebpf
+            .map_mut("sysfs_knobs")
+            .ok_or_else(|| missing("sysfs_knobs map"))?;
         let mut files: BpfHashMap<_, u64, u32> =
             BpfHashMap::try_from(map).map_err(|e| unavailable("sysfs_knobs", e))?;
         for (path, knob) in &list.sysfs {
@@ -249,10 +255,7 @@ pub fn load(object: &[u8], cgroup_root: &Path, list: &Watchlist) -> Result<Loade
     {
         let prog: &mut CgroupSysctl = ebpf
             .program_mut("sysctl_write")
-            .ok_or_else(|| Unavailable {
-                reason: "load_failed",
-                message: "the BPF object has no sysctl_write program".into(),
-            })?
+            .ok_or_else(|| missing("sysctl_write program"))?
             .try_into()
             .map_err(|e| unavailable("sysctl_write", e))?;
         prog.load()
@@ -264,10 +267,7 @@ pub fn load(object: &[u8], cgroup_root: &Path, list: &Watchlist) -> Result<Loade
     if !list.sysfs.is_empty() {
         let prog: &mut RawTracePoint = ebpf
             .program_mut("sys_exit")
-            .ok_or_else(|| Unavailable {
-                reason: "load_failed",
-                message: "the BPF object has no sys_exit program".into(),
-            })?
+            .ok_or_else(|| missing("sys_exit program"))?
             .try_into()
             .map_err(|e| unavailable("sys_exit", e))?;
         prog.load()
@@ -275,16 +275,13 @@ pub fn load(object: &[u8], cgroup_root: &Path, list: &Watchlist) -> Result<Loade
         prog.attach("sys_exit")
             .map_err(|e| unavailable("attaching sys_exit", e))?;
     }
-    let ring = RingBuf::try_from(ebpf.take_map("events").ok_or_else(|| Unavailable {
-        reason: "load_failed",
-        message: "the BPF object has no events map".into(),
-    })?)
+    let ring = RingBuf::try_from(
+        ebpf.take_map("events")
+            .ok_or_else(|| missing("events map"))?,
+    )
     .map_err(|e| unavailable("events", e))?;
-    let lost = Array::try_from(ebpf.take_map("lost").ok_or_else(|| Unavailable {
-        reason: "load_failed",
-        message: "the BPF object has no lost map".into(),
-    })?)
-    .map_err(|e| unavailable("lost", e))?;
+    let lost = Array::try_from(ebpf.take_map("lost").ok_or_else(|| missing("lost map"))?)
+        .map_err(|e| unavailable("lost", e))?;
     Ok(Loaded {
         _ebpf: ebpf,
         ring,

@@ -346,7 +346,7 @@ fn cgroup_root(cfg: &WatchConfig) -> Result<PathBuf, Unavailable> {
     let own_ns = std::fs::metadata("/proc/self/ns/cgroup")
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
         .ok();
-    if own_ns.is_some_and(|ino| ino != 0xEFFF_FFFB) {
+    if own_ns.is_some_and(|ino| ino != origin::INIT_CGROUP_NS) {
         return Err(Unavailable {
             reason: "cgroup_namespace",
             message: "the agent is in a cgroup namespace: its cgroup mount shows only its own \

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// The inode of the initial PID namespace (`PROC_PID_INIT_INO`).
 const INIT_PID_NS: u64 = 0xEFFF_FFFC;
 /// The inode of the initial cgroup namespace (`PROC_CGROUP_INIT_INO`).
-const INIT_CGROUP_NS: u64 = 0xEFFF_FFFB;
+pub(super) const INIT_CGROUP_NS: u64 = 0xEFFF_FFFB;
 /// A cgroup tree walk gives up after this many directories.
 const WALK_MAX: usize = 100_000;
 
