@@ -12,7 +12,7 @@
 #   localhost/redis-node-tuner:<version>-multiarch           manifest list of those images
 #                                                            (`podman manifest push --all ...`)
 #
-# Needs (scripts/setup-release-tools.sh installs them): the rustup targets
+# Needs (scripts/release-tools.sh installs them): the rustup targets
 # x86_64-unknown-linux-musl and aarch64-unknown-linux-musl, gcc-aarch64-linux-gnu (ring's C for
 # arm64; linking is done by rust-lld, see .cargo/config.toml), cargo-deb 3.8.0, cargo-cyclonedx
 # 0.5.9, podman. Environment: ARCHES (default "amd64 arm64"), TAG (image name without tag,

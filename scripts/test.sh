@@ -5,6 +5,8 @@
 # this machine's vm.overcommit_memory and transparent hugepage settings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each step's wall time goes to stderr (the cold/warm budget of CI: README, "Tests").
+phase() { local t=$SECONDS; "$@"; echo "test.sh: $* took $((SECONDS - t)) s (total $SECONDS s)" >&2; }
 
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
@@ -16,6 +18,11 @@ command -v musl-gcc >/dev/null || need+=(musl-tools)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v man >/dev/null || need+=(man-db)
 command -v unshare >/dev/null || need+=(util-linux)
+# tests/writers.rs rebuilds the committed BPF object (bpf/build.sh) and compares.
+command -v clang >/dev/null || need+=(clang)
+command -v llvm-strip >/dev/null || need+=(llvm)
+[ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+command -v sysctl >/dev/null || need+=(procps)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing ${need[*]}: run as root, or install them first" >&2
@@ -37,12 +44,12 @@ cargo deb --version 2>/dev/null | grep -qx 'cargo-deb 3.8.0' ||
 # build takes about 8 minutes on 2 cores).
 command -v go >/dev/null || { echo "go is required to build the test kube-apiserver" >&2; exit 1; }
 command -v kubectl >/dev/null || { echo "kubectl is required by the Kubernetes tests" >&2; exit 1; }
-bash tests/apiserver/build.sh
+phase bash tests/apiserver/build.sh
 # debootstrap, systemd-nspawn and the cached Debian root filesystem of tests/systemd_boot.rs.
-bash tests/systemd-boot/node.sh setup
-bash tests/cluster/setup.sh  # the real-node tests: containerd, CNI plugins, kubelet, scheduler, controller-manager
-bash scripts/release-tools.sh  # helm, arm64 cross build + qemu, cargo-cyclonedx, cargo-deny; `cargo deny check` (offline)
+phase bash tests/systemd-boot/node.sh setup
+phase bash tests/cluster/setup.sh  # the real-node tests: containerd, CNI plugins, kubelet, scheduler, controller-manager
+phase bash scripts/release-tools.sh  # helm, arm64 cross build + qemu, cargo-cyclonedx, cargo-deny; `cargo deny check` (offline)
 
-cargo fmt --all -- --check
-cargo clippy --all-targets --quiet -- -D warnings
-cargo test --all-targets
+phase cargo fmt --all -- --check
+phase cargo clippy --all-targets --quiet -- -D warnings
+phase cargo test --all-targets

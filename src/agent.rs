@@ -11,6 +11,11 @@ use crate::journal::Journal;
 use crate::kernel::{ErrorKind, HostFs, KernelError, Reading, Target};
 use crate::profile::{Mode, Profile};
 use crate::reconcile::{self, Action, Observed, State, StateKind};
+use crate::writers::{Pending, PendingWrite, WatchedKnob, WriteAction, Writer};
+
+/// A foreign write not yet visible to a pass is kept this long for the next passes, then
+/// counted as observed (it was rejected by the kernel, or undone by its writer).
+pub const PENDING_GRACE: Duration = Duration::from_secs(1);
 
 /// Longest wait between two correction attempts of a knob that keeps failing.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -122,11 +127,15 @@ pub enum Event {
         desired: String,
         actual: String,
         mode: Mode,
+        /// The process whose write drifted it, when the writer watch saw it.
+        writer: Option<Arc<Writer>>,
     },
     Corrected {
         knob: String,
         from: String,
         to: String,
+        /// The process whose write was undone, when the writer watch saw it.
+        writer: Option<Arc<Writer>>,
     },
     CorrectionFailed {
         knob: String,
@@ -139,7 +148,12 @@ pub enum Event {
         kind: FailureKind,
     },
     /// Corrected on [`CONTESTED_PASSES`] consecutive passes.
-    Contested { knob: String, passes: u32 },
+    Contested {
+        knob: String,
+        passes: u32,
+        /// The last writer, when the writer watch saw it.
+        writer: Option<Arc<Writer>>,
+    },
 }
 
 impl Event {
@@ -188,6 +202,10 @@ pub struct Agent {
     last: Option<Arc<Report>>,
     /// Something outside the knobs changed (the network-namespace proof): the next pass is full.
     dirty: bool,
+    /// Foreign writes handed over by the writer watch.
+    pending: Option<Arc<Pending>>,
+    /// What became of them, for the metrics: (knob, writer's name, action).
+    foreign: Vec<(String, String, WriteAction)>,
 }
 
 /// The wait after `failures` failed corrections: the interval doubling up to [`MAX_BACKOFF`],
@@ -210,7 +228,38 @@ impl Agent {
             interval: profile.interval,
             last: None,
             dirty: true,
+            pending: None,
+            foreign: Vec::new(),
         }
+    }
+
+    /// The knobs as the writer watch needs them, indexed as the agent's.
+    pub fn watched_knobs(&self) -> Vec<WatchedKnob> {
+        self.targets
+            .iter()
+            .map(|t| WatchedKnob {
+                name: t.name.clone(),
+                location: t.location.clone(),
+                path: self.fs.path(&t.location),
+                desired: t.desired.clone(),
+                mode: t.mode,
+            })
+            .collect()
+    }
+
+    /// Takes foreign writes from the writer watch: a knob with one runs a full pass.
+    pub fn attach_pending(&mut self, pending: Arc<Pending>) {
+        self.pending = Some(pending);
+    }
+
+    /// Foreign writes waiting for a pass (the write not yet visible).
+    pub fn has_pending(&self) -> bool {
+        self.pending.as_ref().is_some_and(|p| p.any())
+    }
+
+    /// What became of the foreign writes of the passes since the last call.
+    pub fn take_foreign_outcomes(&mut self) -> Vec<(String, String, WriteAction)> {
+        std::mem::take(&mut self.foreign)
     }
 
     pub fn fs(&self) -> &HostFs {
@@ -262,6 +311,7 @@ impl Agent {
     pub fn reconcile(&mut self, now: Instant) -> (Arc<Report>, Vec<Event>) {
         if let Some(last) = &self.last
             && !self.dirty
+            && !self.has_pending()
             && self
                 .memory
                 .iter()
@@ -278,16 +328,36 @@ impl Agent {
         self.dirty = false;
         let mut events = vec![];
         let mut settings = Vec::with_capacity(self.targets.len());
-        for (t, mem) in self.targets.iter_mut().zip(self.memory.iter_mut()) {
+        for (i, (t, mem)) in self
+            .targets
+            .iter_mut()
+            .zip(self.memory.iter_mut())
+            .enumerate()
+        {
             let mut obs = self.fs.read(t);
             let mut state = reconcile::evaluate(&t.desired, &obs);
             let mut note = None;
+            let mut writes = self.pending.as_ref().map(|p| p.take(i)).unwrap_or_default();
+            if state != State::Drift && !writes.is_empty() {
+                if writes
+                    .iter()
+                    .all(|w| now.saturating_duration_since(w.at) < PENDING_GRACE)
+                    && let Some(p) = &self.pending
+                {
+                    p.put_back(i, std::mem::take(&mut writes)); // not visible yet
+                } else {
+                    count(&mut self.foreign, &t.name, &writes, WriteAction::Observed);
+                    writes.clear();
+                }
+            }
+            let writer = writes.last().map(|w| w.writer.clone());
             if state == State::Drift && mem.last != Some(StateKind::Drift) {
                 events.push(Event::DriftDetected {
                     knob: t.name.clone(),
                     desired: t.desired.to_string(),
                     actual: actual_text(&obs),
                     mode: t.mode,
+                    writer: writer.clone(),
                 });
             }
             if let State::Error(e) = &state
@@ -305,6 +375,7 @@ impl Agent {
                     events.push(Event::Contested {
                         knob: t.name.clone(),
                         passes: CONTESTED_PASSES,
+                        writer: writer.clone(),
                     });
                 }
             } else if state != State::Drift {
@@ -312,6 +383,7 @@ impl Agent {
             }
             mem.corrected = false;
             mem.last = Some(state.kind());
+            let mut undone = false;
             if let Action::Correct(value) = reconcile::decide(t.mode, &t.desired, &state) {
                 if mem.retry_at.is_some_and(|at| now < at) {
                     note = mem
@@ -326,7 +398,9 @@ impl Agent {
                                 knob: t.name.clone(),
                                 from,
                                 to: r.value.clone(),
+                                writer: writer.clone(),
                             });
+                            undone = true;
                             obs = Ok(Some(r));
                             state = State::InSync;
                             *mem = Memory {
@@ -350,6 +424,12 @@ impl Agent {
                     }
                 }
             }
+            let action = if undone {
+                WriteAction::Corrected
+            } else {
+                WriteAction::Observed
+            };
+            count(&mut self.foreign, &t.name, &writes, action);
             let mut k = knob_report(t, &obs, &state, note);
             k.contested = mem.redrifts >= CONTESTED_PASSES;
             settings.push(k);
@@ -427,6 +507,19 @@ fn correct(
     }
 }
 
+fn count(
+    out: &mut Vec<(String, String, WriteAction)>,
+    knob: &str,
+    writes: &[PendingWrite],
+    a: WriteAction,
+) {
+    out.extend(
+        writes
+            .iter()
+            .map(|w| (knob.to_string(), w.writer.comm.clone(), a)),
+    );
+}
+
 fn actual_text(obs: &Observed) -> String {
     match obs {
         Ok(Some(r)) => r.value.clone(),
@@ -460,27 +553,50 @@ fn knob_report(t: &Target, obs: &Observed, state: &State, note: Option<String>) 
 }
 
 fn log_event(e: &Event) {
+    // The writer, when the writer watch named it, as one more field.
+    macro_rules! with_writer {
+        ($lvl:ident, $w:expr, $($rest:tt)*) => {
+            match $w {
+                Some(w) => tracing::$lvl!(writer = %w, $($rest)*),
+                None => tracing::$lvl!($($rest)*),
+            }
+        };
+    }
     match e {
         Event::DriftDetected {
             knob,
             desired,
             actual,
             mode,
-        } => tracing::warn!(
+            writer,
+        } => with_writer!(
+            warn,
+            writer,
             knob,
             desired,
             actual,
             mode = mode.as_str(),
             "drift detected"
         ),
-        Event::Corrected { knob, from, to } => tracing::info!(knob, from, to, "drift corrected"),
+        Event::Corrected {
+            knob,
+            from,
+            to,
+            writer,
+        } => with_writer!(info, writer, knob, from, to, "drift corrected"),
         Event::CorrectionFailed { knob, error, kind } => {
             tracing::error!(knob, error, kind = kind.as_str(), "correction failed")
         }
         Event::ReadFailed { knob, error, kind } => {
             tracing::error!(knob, error, kind = kind.as_str(), "cannot read knob")
         }
-        Event::Contested { knob, passes } => tracing::warn!(
+        Event::Contested {
+            knob,
+            passes,
+            writer,
+        } => with_writer!(
+            warn,
+            writer,
             knob,
             passes,
             "contested: corrected on consecutive passes, something keeps rewriting it"
@@ -561,7 +677,8 @@ mod tests {
             knob: "vm.overcommit_memory".into(),
             desired: "1".into(),
             actual: "0".into(),
-            mode: Mode::Audit
+            mode: Mode::Audit,
+            writer: None
         }));
         // Audit-mode drift does not make the node unready.
         assert!(r.ready, "{r:#?}");

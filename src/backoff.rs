@@ -3,12 +3,14 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// `start` doubling up to `max`, each delay scaled by a random factor in `[1 - jitter, 1 + jitter]`.
+/// `start` doubling up to `max`, each delay scaled by a random factor in `[1 - jitter, 1 + jitter]`
+/// ([`Backoff::new`]) or drawn uniformly from `[base / 2, base]` ([`Backoff::spread`]).
 #[derive(Debug, Clone)]
 pub struct Backoff {
     start: Duration,
     max: Duration,
     jitter: f64,
+    spread: bool,
     failures: u32,
 }
 
@@ -18,7 +20,20 @@ impl Backoff {
             start,
             max,
             jitter: jitter.clamp(0.0, 1.0),
+            spread: false,
             failures: 0,
+        }
+    }
+
+    /// The backoff of a fleet's reconnects: each delay uniform in `[base / 2, base]`. Once at the
+    /// cap, N clients that failed together retry at a flat rate of at most N / (0.75 × cap) per
+    /// second whenever the server comes back, and each one within `max` of it. (Full jitter,
+    /// `[0, base]`, has the same spread but twice the rate right after the server returns,
+    /// `2N / cap`, and the same worst-case wait.)
+    pub fn spread(start: Duration, max: Duration) -> Backoff {
+        Backoff {
+            spread: true,
+            ..Backoff::new(start, max, 0.0)
         }
     }
 
@@ -29,7 +44,11 @@ impl Backoff {
             .saturating_mul(2u32.saturating_pow(self.failures.min(20)))
             .min(self.max);
         self.failures = self.failures.saturating_add(1);
-        jittered(base, self.jitter)
+        if self.spread {
+            base.mul_f64(0.5 + 0.5 * unit_random())
+        } else {
+            jittered(base, self.jitter)
+        }
     }
 
     /// Failures since the last reset.
@@ -86,6 +105,28 @@ mod tests {
         assert_eq!(b.failures(), 10);
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(600));
+    }
+
+    #[test]
+    fn spread_delays_stay_between_half_the_base_and_the_base() {
+        let mut b = Backoff::spread(Duration::from_millis(500), Duration::from_secs(20));
+        let ds: Vec<Duration> = (0..300).map(|_| b.next_delay()).collect();
+        assert!(ds[0] >= Duration::from_millis(250) && ds[0] <= Duration::from_millis(500));
+        assert!(ds[1] >= Duration::from_millis(500) && ds[1] <= Duration::from_secs(1));
+        let capped = &ds[10..];
+        assert!(
+            capped
+                .iter()
+                .all(|d| *d >= Duration::from_secs(10) && *d <= Duration::from_secs(20)),
+            "{capped:?}"
+        );
+        // Spread over the whole half-period, not bunched.
+        let (lo, hi) = (capped.iter().min(), capped.iter().max());
+        assert!(
+            hi.zip(lo)
+                .is_some_and(|(h, l)| *h - *l > Duration::from_secs(8)),
+            "{lo:?}..{hi:?}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::agent::{Agent, JournalSlot};
 use crate::commands::{apply, check, dry_run, journal_failed, restore};
-use crate::daemon::{DaemonError, KubeMode};
+use crate::daemon::{DaemonError, KubeMode, WatchOptions};
 use crate::journal::{self, Journal, JournalError, StateLock};
 use crate::k8s::GateError;
 use crate::kernel::HostFs;
@@ -125,6 +125,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Audit the node against the profile; never writes.
     Check {
@@ -181,6 +183,13 @@ pub enum Command {
         /// Stay standalone even inside a pod.
         #[arg(long, env = "REDIS_NODE_TUNER_NO_KUBERNETES")]
         no_kubernetes: bool,
+        /// The writer watch: off, observe or lock, overriding the profile's `writers`.
+        #[arg(long, env = "REDIS_NODE_TUNER_WRITERS")]
+        writers: Option<String>,
+        /// The host's cgroup v2 root for the writer watch (default: the cgroup2 mount, unless
+        /// the agent is in a cgroup namespace).
+        #[arg(long, env = "REDIS_NODE_TUNER_CGROUP_ROOT")]
+        cgroup_root: Option<PathBuf>,
     },
     /// Remove the agent's label, taint and condition from a Node (for uninstall).
     Cleanup,
@@ -291,7 +300,12 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
     let directives = if cli.log_level.contains("kube_client") {
         cli.log_level.clone()
     } else {
-        format!("{},kube_client::client::builder=off", cli.log_level)
+        // Its watch stream also warns once per connection cut ("eof in poll"): an outage is
+        // reported by the gate, once.
+        format!(
+            "{},kube_client::client=error,kube_client::client::builder=off",
+            cli.log_level
+        )
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&directives).map_err(|e| e.to_string())?;
     // Colours only on a terminal: under systemd stderr is the journal, where escape sequences
@@ -340,6 +354,21 @@ pub fn run_cli(cli: Cli) -> Exit {
             }
         }
     }
+    if let Command::Run {
+        writers: Some(w), ..
+    } = &cli.command
+    {
+        match crate::writers::WritersMode::parse(w) {
+            Some(m) => {
+                profile.writers = m;
+                profile.writers_explicit = true;
+            }
+            None => {
+                eprintln!("error: --writers {w:?}: expected off, observe or lock");
+                return Exit::Usage;
+            }
+        }
+    }
     if let Command::Cleanup = &cli.command {
         return cleanup(&cli);
     }
@@ -371,7 +400,16 @@ pub fn run_cli(cli: Cli) -> Exit {
             Err(e) => journal_failed(&e),
         },
         Command::Restore => restore(&fs, &cli.state_dir, journal::boot_id(&cli.proc_root)),
-        Command::Run { listen, .. } => {
+        Command::Run {
+            listen,
+            cgroup_root,
+            ..
+        } => {
+            let watch = WatchOptions {
+                mode: profile.writers,
+                cgroup_root: cgroup_root.clone(),
+                explicit: profile.writers_explicit,
+            };
             // Held for the life of the daemon: no apply, restore or second run meanwhile.
             let _lock = match StateLock::acquire(&cli.state_dir) {
                 Ok(l) => l,
@@ -382,6 +420,7 @@ pub fn run_cli(cli: Cli) -> Exit {
                         Agent::new(fs, &profile, JournalSlot::Broken(e.to_string())),
                         listen,
                         kube,
+                        watch,
                     );
                 }
             };
@@ -392,7 +431,7 @@ pub fn run_cli(cli: Cli) -> Exit {
                     JournalSlot::Broken(e.to_string())
                 }
             };
-            daemon(Agent::new(fs, &profile, journal), listen, kube)
+            daemon(Agent::new(fs, &profile, journal), listen, kube, watch)
         }
         Command::Cleanup => cleanup(&cli),
     }
@@ -443,12 +482,12 @@ fn cleanup(cli: &Cli) -> Exit {
     })
 }
 
-fn daemon(agent: Agent, listen: &str, kube: Option<KubeMode>) -> Exit {
+fn daemon(agent: Agent, listen: &str, kube: Option<KubeMode>, watch: WatchOptions) -> Exit {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return e,
     };
-    match rt.block_on(crate::daemon::run(agent, listen, kube)) {
+    match rt.block_on(crate::daemon::run(agent, listen, kube, watch)) {
         Ok(()) => Exit::Ok,
         Err(e) => {
             eprintln!("error: {e}");

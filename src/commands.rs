@@ -155,7 +155,7 @@ pub(crate) fn apply(mut agent: Agent) -> Exit {
     let (_, events) = agent.reconcile(Instant::now());
     for e in &events {
         match e {
-            Event::Corrected { knob, from, to } => println!("changed {knob}: {from} -> {to}"),
+            Event::Corrected { knob, from, to, .. } => println!("changed {knob}: {from} -> {to}"),
             Event::CorrectionFailed { error, .. } => println!("failed {error}"),
             _ => {}
         }

@@ -15,6 +15,7 @@ use crate::agent::{Agent, Event, Report};
 use crate::http::{self, Health};
 use crate::k8s::{self, GateError, GateOptions};
 use crate::metrics::Metrics;
+use crate::writers::{self, Pending, WritersMode};
 
 /// Events buffered for the gate; past that they are dropped with a log line.
 const EVENT_BUFFER: usize = 1024;
@@ -43,12 +44,27 @@ pub struct KubeMode {
     pub opts: GateOptions,
 }
 
+/// The writer watch of `run`.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    pub mode: WritersMode,
+    /// The host's cgroup v2 root (`None`: found in the mount table).
+    pub cgroup_root: Option<PathBuf>,
+    /// Asked for by `--writers` or `writers:` (not the default): unavailability is a warning.
+    pub explicit: bool,
+}
+
 /// Messages to the enforce thread.
 pub enum Control {
     /// Host networking is proven: `net.*` knobs may be enforced.
     HostNetwork(String),
+    /// A foreign write was seen: a pass now.
+    Wake,
     Stop,
 }
+
+/// While a foreign write waits to become visible, passes run this often.
+const PENDING_RETRY: Duration = Duration::from_millis(2);
 
 /// Where the enforce thread publishes.
 struct Outputs {
@@ -81,6 +97,7 @@ fn enforce_loop(
                     agent.fs_mut().assert_host_netns(proof);
                     next = Instant::now();
                 }
+                Ok(Control::Wake) => next = Instant::now(),
                 Ok(Control::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
             }
@@ -88,6 +105,12 @@ fn enforce_loop(
         let start = Instant::now();
         let (report, events) = agent.reconcile(start);
         next = (start + interval).max(Instant::now());
+        if agent.has_pending() {
+            next = next.min(Instant::now() + PENDING_RETRY);
+        }
+        for (knob, writer, action) in agent.take_foreign_outcomes() {
+            metrics.foreign_write(&knob, &writer, action);
+        }
         if last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &report)) {
             // Steady state: the same report; only the pass's duration is new.
             metrics.observe_duration(start.elapsed());
@@ -165,6 +188,7 @@ pub async fn run(
     mut agent: Agent,
     listen: &str,
     kube: Option<KubeMode>,
+    watch_opts: WatchOptions,
 ) -> Result<(), DaemonError> {
     let listener = if listen.is_empty() {
         None
@@ -199,12 +223,31 @@ pub async fn run(
         gate_parts = Some((prepared, ev_rx));
     }
     let gate_inputs_reports = out.reports.subscribe();
+    let watch_reports = out.reports.subscribe();
+    let interval = agent.interval();
     tracing::info!(
-        interval_ms = agent.interval().as_millis() as u64,
+        interval_ms = interval.as_millis() as u64,
         netns = %agent.fs().netns().describe(),
         "enforce loop started"
     );
+    let watch_cfg = writers::WatchConfig::new(
+        watch_opts.mode,
+        watch_opts.cgroup_root,
+        agent.fs().net_ns_ino(),
+        agent.watched_knobs(),
+    );
+    let pending = Arc::new(Pending::new(watch_cfg.knobs.len()));
+    agent.attach_pending(pending.clone());
     let mut enforcer = Enforcer::spawn(agent, metrics.clone(), out).map_err(DaemonError::Start)?;
+    let _watch = start_watch(
+        watch_cfg,
+        watch_opts.explicit,
+        &metrics,
+        pending,
+        &enforcer,
+        watch_reports,
+        interval,
+    );
     let gate = gate_parts.map(|(prepared, events)| {
         let ctl = enforcer.ctl.clone();
         let inputs = k8s::GateInputs {
@@ -225,6 +268,53 @@ pub async fn run(
         s.abort();
     }
     result
+}
+
+/// Starts the writer watch, or meters and logs why it does not run.
+fn start_watch(
+    cfg: writers::WatchConfig,
+    explicit: bool,
+    metrics: &Arc<Metrics>,
+    pending: Arc<Pending>,
+    enforcer: &Enforcer,
+    reports: watch::Receiver<Option<Arc<Report>>>,
+    interval: Duration,
+) -> Option<writers::Watch> {
+    let mode = cfg.mode.as_str();
+    let ctl = enforcer.ctl.clone();
+    let sink = writers::Sink {
+        metrics: metrics.clone(),
+        pending,
+        wake: Box::new(move || {
+            let _ = ctl.send(Control::Wake);
+        }),
+        reports,
+    };
+    match writers::start(cfg, sink) {
+        Ok(w) => {
+            tracing::info!(
+                mode,
+                "writer watch active: foreign writes are named and corrected at once"
+            );
+            metrics.writer_watch(mode, "active", true);
+            Some(w)
+        }
+        Err(u) => {
+            let poll_ms = interval.as_millis() as u64;
+            if u.reason == "off" {
+                tracing::info!(poll_ms, "writer watch off: drift is found by the poll");
+            } else if !explicit && matches!(u.reason, "permission" | "fake_root") {
+                // The default (observe) on an agent installed without the watch's privileges.
+                tracing::info!(reason = u.reason, detail = %u.message, poll_ms,
+                    "writer watch unavailable: drift is found by the poll, writers are not named");
+            } else {
+                tracing::warn!(reason = u.reason, detail = %u.message, poll_ms,
+                    "writer watch unavailable: drift is found by the poll, writers are not named");
+            }
+            metrics.writer_watch(mode, u.reason, false);
+            None
+        }
+    }
 }
 
 /// How long the gate may take to write AgentStopped after SIGTERM (its one request is bounded

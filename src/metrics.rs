@@ -36,6 +36,25 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForeignWriteLabels {
+    pub setting: String,
+    /// The writer's process name, or `other` past [`WRITER_NAMES_MAX`] distinct names.
+    pub writer: String,
+    pub action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    pub mode: &'static str,
+    pub reason: &'static str,
+}
+
+/// Distinct `writer` label values kept; later names are counted as `other`. Process names are
+/// at most 15 bytes, and a node has few writers of kernel settings: this bounds the series at
+/// settings × (this + 1) × 3 actions even if something forks writers with random names.
+pub const WRITER_NAMES_MAX: usize = 32;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
 }
@@ -56,6 +75,15 @@ pub struct Metrics {
     initialized: AtomicBool,
     /// Kubernetes API requests, by verb and result (used by the Kubernetes reporter).
     pub kube_requests: Family<RequestLabels, Counter>,
+    foreign_writes: Family<ForeignWriteLabels, Counter>,
+    writer_names: std::sync::Mutex<std::collections::HashSet<String>>,
+    watch_active: Family<WatchLabels, Gauge>,
+    watch_lost: Counter,
+    /// 1 while the Kubernetes API answers, 0 during an outage (Kubernetes mode only: no labels,
+    /// created on first use).
+    pub kube_api_reachable: Family<Vec<(String, String)>, Gauge>,
+    /// Outages of the Kubernetes API (Kubernetes mode).
+    pub kube_api_outages: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -92,6 +120,12 @@ impl Metrics {
             // 5 µs .. ~80 ms
             check_duration: Histogram::new(exponential_buckets(0.000_005, 2.0, 15)),
             kube_requests: Family::default(),
+            foreign_writes: Family::default(),
+            writer_names: Default::default(),
+            watch_active: Family::default(),
+            watch_lost: Counter::default(),
+            kube_api_reachable: Family::default(),
+            kube_api_outages: Counter::default(),
             initialized: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -150,6 +184,31 @@ impl Metrics {
             "Kubernetes API requests by verb and result",
             m.kube_requests.clone(),
         );
+        registry.register(
+            "foreign_writes",
+            "Writes to a profile knob by another process, by writer (process name) and action (observed, corrected, refused)",
+            m.foreign_writes.clone(),
+        );
+        registry.register(
+            "writer_watch_active",
+            "1 while the writer watch runs; 0 with the reason it does not (off, permission, no_btf, ...)",
+            m.watch_active.clone(),
+        );
+        registry.register(
+            "writer_watch_events_lost",
+            "Writer-watch events the kernel dropped because the ring buffer was full (the poll still corrects)",
+            m.watch_lost.clone(),
+        );
+        registry.register(
+            "kube_api_reachable",
+            "1 while the Kubernetes API answers, 0 while it does not (no connection, timeouts, 429, 5xx)",
+            m.kube_api_reachable.clone(),
+        );
+        registry.register(
+            "kube_api_outages",
+            "Times the Kubernetes API became unreachable",
+            m.kube_api_outages.clone(),
+        );
         // A gauge rather than an OpenMetrics info: promtool's text parser rejects `info`.
         let build = Family::<VersionLabel, Gauge>::default();
         build
@@ -159,6 +218,38 @@ impl Metrics {
             .set(1);
         registry.register("build_info", "Build information (always 1)", build);
         Metrics { registry, ..m }
+    }
+
+    /// Counts one foreign write to `setting` by the process named `writer`.
+    pub fn foreign_write(&self, setting: &str, writer: &str, action: crate::writers::WriteAction) {
+        let writer = {
+            let mut names = self.writer_names.lock().unwrap_or_else(|p| p.into_inner());
+            if names.contains(writer) || names.len() < WRITER_NAMES_MAX {
+                names.insert(writer.to_string());
+                writer.to_string()
+            } else {
+                "other".to_string()
+            }
+        };
+        self.foreign_writes
+            .get_or_create(&ForeignWriteLabels {
+                setting: setting.to_string(),
+                writer,
+                action: action.as_str(),
+            })
+            .inc();
+    }
+
+    /// The writer watch's state: running (`reason` = `active`), or why not.
+    pub fn writer_watch(&self, mode: &'static str, reason: &'static str, active: bool) {
+        self.watch_active.clear();
+        self.watch_active
+            .get_or_create(&WatchLabels { mode, reason })
+            .set(i64::from(active));
+    }
+
+    pub fn writer_events_lost(&self, n: u64) {
+        self.watch_lost.inc_by(n);
     }
 
     /// Records the duration of a pass whose report did not change.

@@ -305,6 +305,8 @@ fn base_and_overlay_apply_server_side_and_keep_the_least_privilege_pod_spec() {
         "ValidatingAdmissionPolicyBinding/redis-node-tuner-own-node-marks",
         "ValidatingAdmissionPolicy/redis-node-tuner-own-node-events",
         "ValidatingAdmissionPolicyBinding/redis-node-tuner-own-node-events",
+        "PriorityLevelConfiguration/redis-node-tuner",
+        "FlowSchema/redis-node-tuner",
     ] {
         assert!(objects.contains(want), "{want} not rendered: {objects:?}");
     }
@@ -430,6 +432,46 @@ fn base_and_overlay_apply_server_side_and_keep_the_least_privilege_pod_spec() {
         "{sc:#}"
     );
     sc.as_object_mut().map(|o| o.remove("appArmorProfile"));
+    assert_least_privilege(&ds);
+
+    // The writer-watch component adds exactly CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, hostPID and
+    // the host's cgroup tree read-only (README "Writer watch"); without those the pod is the
+    // base's least-privilege pod, field for field.
+    let watch = kustomize(&api, "deploy/overlays/writer-watch");
+    let out = apply_server_side(&api, &watch, &[]);
+    assert!(
+        out.contains("daemonset.apps/redis-node-tuner serverside-applied"),
+        "{out}"
+    );
+    let mut ds = daemonset(&api);
+    let spec = &mut ds["spec"]["template"]["spec"];
+    assert_eq!(spec["hostPID"], json!(true));
+    spec["hostPID"] = json!(false);
+    let c = &mut spec["containers"][0];
+    assert_eq!(
+        c["securityContext"]["capabilities"]["add"],
+        json!(["BPF", "PERFMON", "NET_ADMIN"])
+    );
+    c["securityContext"]["capabilities"]
+        .as_object_mut()
+        .map(|o| o.remove("add"));
+    let env = c["env"].as_array_mut().expect("env");
+    let before = env.len();
+    env.retain(|e| {
+        !(e == &json!({"name": "REDIS_NODE_TUNER_CGROUP_ROOT", "value": "/host/sys/fs/cgroup"})
+            || e == &json!({"name": "REDIS_NODE_TUNER_WRITERS", "value": "observe"}))
+    });
+    assert_eq!(env.len() + 2, before, "{env:?}");
+    let mounts = c["volumeMounts"].as_array_mut().expect("mounts");
+    let cg_mount =
+        json!({"name": "host-cgroup", "mountPath": "/host/sys/fs/cgroup", "readOnly": true});
+    assert!(mounts.contains(&cg_mount), "{mounts:?}");
+    mounts.retain(|m| m != &cg_mount);
+    let volumes = spec["volumes"].as_array_mut().expect("volumes");
+    let cg =
+        json!({"name": "host-cgroup", "hostPath": {"path": "/sys/fs/cgroup", "type": "Directory"}});
+    assert!(volumes.contains(&cg), "{volumes:?}");
+    volumes.retain(|v| v != &cg);
     assert_least_privilege(&ds);
 
     // The example Redis workload: required affinity on the agent's label, and no toleration

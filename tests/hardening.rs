@@ -164,7 +164,9 @@ fn a_paused_apiserver_is_waited_out_and_marks_catch_up_when_it_resumes() {
     assert!(logs.contains("Kubernetes API reachable again"), "{logs}");
     let warnings = logs
         .lines()
-        .filter(|l| l.contains("cannot update the node"))
+        .filter(|l| {
+            l.contains("Kubernetes API unreachable") || l.contains("cannot update the node")
+        })
         .count();
     assert!(warnings <= 2, "{warnings} warnings:\n{logs}");
 }

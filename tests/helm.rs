@@ -351,9 +351,9 @@ fn parity_check_names_an_object_missing_from_the_chart() {
     // reported by name (what the lead sees when deploy/base grows an object).
     let mut base = kustomize_base();
     base.push(json!({
-        "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
-        "kind": "FlowSchema",
-        "metadata": {"name": "redis-node-tuner"},
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "redis-node-tuner", "namespace": NS},
         "spec": {}
     }));
     let mut chart = objects(&render_ok(NS, &[], &["namespace.create=true"]));
@@ -365,8 +365,9 @@ fn parity_check_names_an_object_missing_from_the_chart() {
     }
     let problems = parity_problems(base, chart).join("\n");
     assert!(
-        problems
-            .contains("FlowSchema/redis-node-tuner is in deploy/base but missing from the chart"),
+        problems.contains(
+            "NetworkPolicy/redis-node-tuner is in deploy/base but missing from the chart"
+        ),
         "{problems}"
     );
     assert!(
@@ -574,15 +575,18 @@ fn values_change_what_they_should_and_a_profile_change_rolls_the_daemonset() {
     let off = by_kind_name(objects(&render_ok(
         NS,
         &[&ex.join("no-prometheus-operator.yaml")],
-        &["admissionPolicy.enabled=false"],
+        &["admissionPolicy.enabled=false", "flowControl.enabled=false"],
     )));
+    assert!(off.contains_key("DaemonSet/redis-node-tuner"), "{off:?}");
     for k in off.keys() {
         assert!(
             !k.starts_with("PodMonitor/")
                 && !k.starts_with("PrometheusRule/")
                 && !k.starts_with("ValidatingAdmission")
+                && !k.starts_with("FlowSchema/")
+                && !k.starts_with("PriorityLevelConfiguration/")
                 && k != "ConfigMap/redis-node-tuner-dashboard",
-            "{k} rendered with monitoring and admission off"
+            "{k} rendered with monitoring, admission and flow control off"
         );
     }
 
@@ -602,6 +606,15 @@ fn values_change_what_they_should_and_a_profile_change_rolls_the_daemonset() {
             && !text.contains("system:serviceaccount:redis-node-tuner:")
             && text.contains("job=\\\"tuning/redis-node-tuner\\\""),
         "the release namespace is not used everywhere"
+    );
+    let fs = other
+        .iter()
+        .find(|o| o["kind"] == json!("FlowSchema"))
+        .expect("FlowSchema rendered");
+    assert_eq!(
+        fs["spec"]["rules"][0]["subjects"][0]["serviceAccount"],
+        json!({"namespace": "tuning", "name": "redis-node-tuner"}),
+        "the FlowSchema matches the ServiceAccount of the release namespace"
     );
 
     // The checksum annotation: same profile, same checksum; another profile, another one.

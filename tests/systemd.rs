@@ -54,6 +54,30 @@ fn exposure(unit: &Path) -> f64 {
         .unwrap_or_else(|| panic!("no exposure level in {}", text(&o)))
 }
 
+#[test]
+fn the_writer_watch_drop_in_adds_three_capabilities_and_bpf_only() {
+    let drop_in = std::fs::read_to_string(repo().join("systemd/writer-watch.conf")).unwrap();
+    let d = directives(&drop_in);
+    assert_eq!(
+        d.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["CapabilityBoundingSet", "SystemCallFilter"],
+        "{d:?}"
+    );
+    assert_eq!(
+        directive(&d, "CapabilityBoundingSet"),
+        ["CAP_BPF CAP_PERFMON CAP_NET_ADMIN"]
+    );
+    assert_eq!(directive(&d, "SystemCallFilter"), ["bpf"]);
+    // The unit with the drop-in's lines appended (as systemd merges a drop-in).
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join("redis-node-tuner.service");
+    let base = std::fs::read_to_string(repo().join(UNIT)).unwrap();
+    std::fs::write(&unit, format!("{base}\n{drop_in}")).unwrap();
+    let score = exposure(&unit);
+    eprintln!("systemd-analyze security exposure with the writer watch: {score}");
+    assert!(score <= 2.0, "exposure {score} > 2.0");
+}
+
 /// The unit's `Key=value` assignments (comments and sections left out).
 fn directives(unit: &str) -> Vec<(String, String)> {
     unit.lines()
@@ -268,6 +292,7 @@ fn deb_installs_binary_unit_config_and_man_page_then_removes_cleanly() {
         "./usr/lib/systemd/system/redis-server@.service.d/redis-node-tuner.conf",
         "./usr/lib/systemd/system/redis.service.d/redis-node-tuner.conf",
         "./usr/lib/systemd/system/redis@.service.d/redis-node-tuner.conf",
+        "./usr/share/redis-node-tuner/writer-watch.conf",
     ] {
         assert!(
             contents

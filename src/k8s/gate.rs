@@ -1,8 +1,9 @@
 //! The gate as a state machine: inputs arrive as transitions ([`Gate::on_report`],
 //! [`Gate::on_node`], [`Gate::on_event`], [`Gate::on_timer`], [`Gate::on_stop`]); each brings the
 //! node's marks to what the latest report says, through a [`NodeApi`], writing only what
-//! differs. Failures back off (one shared schedule for marks and events) and are logged once per
-//! outage, not once per retry.
+//! differs. Failures back off (one shared schedule for marks and events, spread so a fleet that
+//! failed together does not retry together) and are logged once per outage, not once per retry
+//! ([`Reach`]); the heartbeat beats on the node's own phase ([`Heartbeat`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,17 +13,21 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::events::{Queue, event_for, node_ready};
 use super::marks::{
-    Reason, condition_update, desired_marks, is_older, label_matches, our_condition, taints,
-    taints_with,
+    Heartbeat, Reason, condition_update, desired_marks, is_older, label_matches, our_condition,
+    taints, taints_with,
 };
 use super::node_api::NodeApi;
+use super::reach::Reach;
 use super::{GateError, GateOptions, LABEL};
 use crate::agent::{Event, Report};
 use crate::backoff::Backoff;
 
-/// First retry after an API failure, doubling up to [`RETRY_MAX`] (±20 % jitter).
+/// First retry after an API failure, doubling up to [`RETRY_MAX`], each delay uniform in
+/// `[base / 2, base]` ([`Backoff::spread`]). With the cap at 20 s, N agents that lost the API
+/// together come back at most N / 15 per second each (the gate's write and the watch: 2N / 15
+/// requests per second in all, under N / 5) and every one within 20 s of the API's return.
 pub const RETRY_START: Duration = Duration::from_millis(500);
-pub const RETRY_MAX: Duration = Duration::from_secs(5);
+pub const RETRY_MAX: Duration = Duration::from_secs(20);
 
 #[derive(Debug)]
 struct Outage {
@@ -41,7 +46,12 @@ pub struct Gate<A: NodeApi> {
     queue: Queue,
     retry: Backoff,
     retry_at: Option<Instant>,
+    /// A failing streak of answers (403, 422, ...): the API is reachable but refuses.
     outage: Option<Outage>,
+    /// The last failure was an unreachable API (see [`Reach`]).
+    unreachable: bool,
+    reach: Reach,
+    heartbeat: Heartbeat,
     started: Instant,
     ready_logged: bool,
     /// Marks are not written while the host-network proof from the agent's Pod is pending: a
@@ -54,19 +64,28 @@ impl<A: NodeApi> Gate<A> {
     pub fn new(api: A, opts: GateOptions, now: Instant) -> Self {
         Gate {
             api,
-            opts,
             node: None,
             node_missing_logged: false,
             report: None,
             was_ready: None,
             queue: Queue::default(),
-            retry: Backoff::new(RETRY_START, RETRY_MAX, 0.2),
+            retry: Backoff::spread(RETRY_START, RETRY_MAX),
             retry_at: None,
             outage: None,
+            unreachable: false,
+            reach: Reach::new(None),
+            heartbeat: Heartbeat::new(opts.heartbeat, &opts.node_name),
             started: now,
             ready_logged: false,
             held: false,
+            opts,
         }
+    }
+
+    /// Shares the API's reachability with the watch task (and its metrics).
+    pub fn with_reach(mut self, reach: Reach) -> Self {
+        self.reach = reach;
+        self
     }
 
     /// Holds (or releases) every write until the Pod's facts are known; see `held`. Releasing
@@ -99,6 +118,11 @@ impl<A: NodeApi> Gate<A> {
                 }
                 self.node = Some(n);
                 self.node_missing_logged = false;
+                if self.unreachable {
+                    // The watch got through: the API is back, write now rather than at the
+                    // next retry.
+                    self.retry_at = None;
+                }
             }
             None => {
                 self.node = None;
@@ -135,10 +159,12 @@ impl<A: NodeApi> Gate<A> {
             .map(|t| t.0);
         let wait = match last {
             Some(t) => {
-                let age = Timestamp::now().duration_since(t).unsigned_abs();
-                self.opts
+                let until = self
                     .heartbeat
-                    .saturating_sub(age)
+                    .next_after(t)
+                    .duration_since(Timestamp::now());
+                Duration::try_from(until)
+                    .unwrap_or_default()
                     .max(Duration::from_millis(100))
             }
             None => self.opts.heartbeat,
@@ -155,7 +181,7 @@ impl<A: NodeApi> Gate<A> {
             Reason::AgentStopped,
             "redis-node-tuner stopped; kernel settings, label and taint are left as they were",
             Timestamp::now(),
-            Duration::ZERO,
+            &Heartbeat::always(),
         );
         if let Some(c) = stopped {
             match self.api.patch_condition(&c).await {
@@ -178,11 +204,13 @@ impl<A: NodeApi> Gate<A> {
         };
         match result {
             Ok(()) => {
+                self.reach.answered();
+                self.unreachable = false;
                 if let Some(o) = self.outage.take() {
                     tracing::info!(
-                        down_ms = o.since.elapsed().as_millis() as u64,
+                        failing_ms = o.since.elapsed().as_millis() as u64,
                         retries = o.retries,
-                        "Kubernetes API reachable again; node marks written"
+                        "node marks written again"
                     );
                 }
                 self.retry.reset();
@@ -196,15 +224,27 @@ impl<A: NodeApi> Gate<A> {
                 }
             }
             Err(e) => {
+                let was_unreachable = self.unreachable;
+                // An unreachable API is logged once per outage by `reach`; a refusal below.
+                self.unreachable = self.reach.failed(&e);
+                if was_unreachable && !self.unreachable {
+                    // The API answers again, if only with a refusal (an apiserver still starting
+                    // answers 403 until its RBAC caches fill): back off from the start again
+                    // rather than at the outage's length.
+                    self.retry.reset();
+                }
                 let delay = self.retry.next_delay();
                 self.retry_at = Some(now + delay);
+                if self.unreachable {
+                    return;
+                }
                 match &mut self.outage {
                     Some(o) => {
                         o.retries += 1;
                         tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot update the node; retrying");
                     }
                     None => {
-                        tracing::warn!(error = %e, "cannot update the node; retrying with backoff until the API answers");
+                        tracing::warn!(error = %e, "cannot update the node; retrying with backoff");
                         self.outage = Some(Outage {
                             since: now,
                             retries: 0,
@@ -252,7 +292,7 @@ impl<A: NodeApi> Gate<A> {
             want.reason,
             &want.message,
             Timestamp::now(),
-            self.opts.heartbeat,
+            &self.heartbeat,
         ) {
             self.node = Some(self.api.patch_condition(&c).await?);
         }
@@ -266,7 +306,9 @@ impl<A: NodeApi> Gate<A> {
     }
 
     /// Publishes queued events in order; stops at the first failure (kept for the retry).
+    /// Drift events that waited together (the first pass, a backlog) go out as one summary.
     async fn flush_events(&mut self) -> Result<(), GateError> {
+        self.queue.summarize_drift();
         let uid = self.node.as_ref().and_then(|n| n.metadata.uid.clone());
         while let Some(e) = self.queue.pop() {
             if let Err(err) = self.api.publish(&e, uid.as_deref()).await {
@@ -298,6 +340,7 @@ mod tests {
     #[derive(Debug, Clone, Copy, PartialEq)]
     enum Fault {
         Timeout,
+        Forbidden,
     }
 
     /// A Node held in memory; every request is recorded as one line.
@@ -355,6 +398,14 @@ mod tests {
                     node: "n1".into(),
                     verb: "test",
                     after: Duration::from_secs(10),
+                }),
+                Some(Fault::Forbidden) => Err(GateError::Api {
+                    node: "n1".into(),
+                    source: kube::Error::Api(
+                        kube::core::Status::failure("forbidden", "Forbidden")
+                            .with_code(403)
+                            .boxed(),
+                    ),
                 }),
             }
         }
@@ -492,11 +543,13 @@ mod tests {
                 desired: "never".into(),
                 actual: "always".into(),
                 mode: Mode::Enforce,
+                writer: None,
             },
             Event::Corrected {
                 knob: "thp.enabled".into(),
                 from: "always".into(),
                 to: "never".into(),
+                writer: None,
             },
         ]
     }
@@ -714,6 +767,199 @@ mod tests {
             g.api.taint_keys(),
             ["redis-node-tuner.io/not-ready:NoSchedule"]
         );
+    }
+
+    /// The node as the agent's label write left it: the watch event that lags behind the
+    /// agent's taint and condition writes.
+    #[tokio::test]
+    async fn a_stale_watch_event_between_writes_cannot_make_the_next_write_conflict() {
+        let fake = Fake::with_node(vec![ours("NoSchedule")]);
+        let (mut g, t0) = started(fake, tuned()).await;
+        assert_eq!(
+            g.api.take_log(),
+            [
+                "apply label=true",
+                "taints rv=2 []",
+                "condition True/AllSettingsInSync",
+                "event NodeReady"
+            ]
+        );
+        // The agent holds rv 4 (its condition write); the watch now delivers rv 2 (its label
+        // write) and rv 3 (its taint write), late.
+        let mut stale = g.api.node.borrow().clone();
+        stale.metadata.resource_version = Some("2".into());
+        stale.spec.get_or_insert_default().taints = Some(vec![ours("NoSchedule")]);
+        g.on_node(Some(stale.clone()), t0).await;
+        stale.metadata.resource_version = Some("3".into());
+        g.on_node(Some(stale), t0).await;
+        assert!(g.api.take_log().is_empty(), "a stale view caused writes");
+        // The next taint write carries the version of the agent's own last write: no 409.
+        g.on_report(untuned(), t0).await;
+        assert_eq!(
+            g.api.take_log(),
+            [
+                "apply label=false",
+                "taints rv=5 [\"redis-node-tuner.io/not-ready:NoSchedule\"]",
+                "condition False/CorrectionFailed"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_first_pass_is_marks_then_one_summary_event_then_node_ready() {
+        let fake = Fake::with_node(vec![ours("NoSchedule")]);
+        let t0 = Instant::now();
+        let mut g = Gate::new(fake, opts(), t0);
+        // The first pass: its events, then its report, all before the Node is known.
+        for knob in ["vm.overcommit_memory", "net.core.somaxconn", "thp.enabled"] {
+            for e in drift_events() {
+                let e = match e {
+                    Event::DriftDetected {
+                        desired,
+                        actual,
+                        mode,
+                        ..
+                    } => Event::DriftDetected {
+                        knob: knob.into(),
+                        desired,
+                        actual,
+                        mode,
+                        writer: None,
+                    },
+                    Event::Corrected { from, to, .. } => Event::Corrected {
+                        knob: knob.into(),
+                        from,
+                        to,
+                        writer: None,
+                    },
+                    other => other,
+                };
+                g.on_event(&e, t0).await;
+            }
+        }
+        g.on_report(tuned(), t0).await;
+        assert!(g.api.take_log().is_empty());
+        let node = g.api.node.borrow().clone();
+        g.on_node(Some(node), t0).await;
+        // 3 marks + 2 events (+ the watch's GET and WATCH): 7 requests at start, 8 with the
+        // agent's Pod read.
+        assert_eq!(
+            g.api.take_log(),
+            [
+                "apply label=true",
+                "taints rv=2 []",
+                "condition True/AllSettingsInSync",
+                "event DriftSummary",
+                "event NodeReady",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_outage_is_one_warning_and_one_info_line_and_a_metric_whatever_the_retries() {
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        let reach = Reach::new(Some(metrics.clone()));
+        let fake = Fake::with_node(vec![]);
+        fake.faults.borrow_mut().extend([Fault::Timeout; 12]);
+        let t0 = Instant::now();
+        let mut g = Gate::new(fake, opts(), t0).with_reach(reach.clone());
+        g.on_report(tuned(), t0).await;
+        let node = g.api.node.borrow().clone();
+        g.on_node(Some(node), t0).await;
+        // The watch task shares the same `reach`: its failures add no line either.
+        let e = GateError::Timeout {
+            node: "n1".into(),
+            verb: "watch",
+            after: Duration::from_secs(10),
+        };
+        for _ in 0..5 {
+            reach.failed(&e);
+        }
+        let mut now = t0;
+        for _ in 0..11 {
+            now = g.next_wake(now);
+            g.on_timer(now).await;
+        }
+        assert!(reach.is_down());
+        let m = metrics.encode_prometheus();
+        assert!(m.contains("redis_node_tuner_kube_api_reachable 0"), "{m}");
+        assert!(
+            m.contains("redis_node_tuner_kube_api_outages_total 1"),
+            "{m}"
+        );
+        // Backoff grew towards the cap and stays within it.
+        let wait = g.next_wake(now) - now;
+        assert!(wait <= RETRY_MAX && wait >= RETRY_MAX / 4, "{wait:?}");
+        // The watch gets through: the gate writes at once instead of at its next retry.
+        let node = g.api.node.borrow().clone();
+        g.on_node(Some(node), now).await;
+        assert_eq!(
+            g.api.take_log().last().map(String::as_str),
+            Some("event NodeReady")
+        );
+        assert!(!reach.is_down());
+        let m = metrics.encode_prometheus();
+        assert!(m.contains("redis_node_tuner_kube_api_reachable 1"), "{m}");
+        // One warning when it started, one info line when it ended: 2 lines for 17 failed
+        // attempts (the lines themselves are asserted end to end in tests/kube.rs).
+        assert_eq!(g.reach.lines_logged(), 2);
+        // A refusal (403) is an answer, not an outage.
+        let forbidden = GateError::Api {
+            node: "n1".into(),
+            source: kube::Error::Api(
+                kube::core::Status::failure("forbidden", "Forbidden")
+                    .with_code(403)
+                    .boxed(),
+            ),
+        };
+        assert!(!reach.failed(&forbidden));
+        assert!(!reach.is_down());
+    }
+
+    #[tokio::test]
+    async fn a_refusal_right_after_an_outage_is_retried_soon_not_at_the_outages_backoff() {
+        let fake = Fake::with_node(vec![]);
+        fake.faults.borrow_mut().extend([Fault::Timeout; 8]);
+        fake.faults.borrow_mut().push_back(Fault::Forbidden);
+        let (mut g, t0) = started(fake, tuned()).await;
+        let mut now = t0;
+        for _ in 0..8 {
+            now = g.next_wake(now);
+            g.on_timer(now).await;
+        }
+        // The 9th attempt is answered with a 403 (an apiserver that is still starting).
+        assert!(
+            g.next_wake(now) - now <= RETRY_START,
+            "{:?}",
+            g.next_wake(now) - now
+        );
+        now = g.next_wake(now);
+        g.on_timer(now).await;
+        assert_eq!(
+            g.api.take_log().last().map(String::as_str),
+            Some("event NodeReady")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_heartbeat_is_due_on_the_nodes_own_phase_not_an_interval_after_the_last_write() {
+        let (g, t0) = started(Fake::with_node(vec![]), tuned()).await;
+        let last = g
+            .node
+            .as_ref()
+            .and_then(our_condition)
+            .and_then(|c| c.last_heartbeat_time.as_ref())
+            .map(|t| t.0)
+            .unwrap_or_default();
+        let hb = Heartbeat::new(opts().heartbeat, "n1");
+        let slot = hb.next_after(last);
+        let wake = g.next_wake(t0);
+        let expected =
+            Duration::try_from(slot.duration_since(Timestamp::now())).unwrap_or_default();
+        // Within a second of the node's slot (the test's own running time aside).
+        let diff = (wake - t0).abs_diff(expected);
+        assert!(diff < Duration::from_secs(1), "{wake:?} vs {expected:?}");
+        assert!(wake - t0 <= opts().heartbeat);
     }
 
     #[tokio::test]

@@ -166,6 +166,71 @@ pub fn taints_with(current: &[Taint], ours: Option<&str>) -> Option<Vec<Taint>> 
     (!same).then_some(next)
 }
 
+/// When the condition is rewritten although nothing changed. Every node beats on slots of its own
+/// phase (`phase + k × period`, wall clock), the phase derived from the node's name: a fleet
+/// started (or reconnected after an outage) at the same moment spreads evenly over the period
+/// instead of beating together for ever, and a beat delayed by an outage falls back onto its slot
+/// right after. The next beat after a write at `t` is the latest slot in `(t, t + period]`, so the
+/// condition is never older than `period` (what `--heartbeat` promises).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    period_ms: i64,
+    phase_ms: i64,
+}
+
+impl Heartbeat {
+    /// The heartbeat of `node` every `period`. Slots fall on whole seconds (the period is
+    /// rounded up to one), as `lastHeartbeatTime` does: a write made in a slot's second is
+    /// stored at or after the slot, so the next beat is a whole period later, never again in
+    /// the same second.
+    pub fn new(period: Duration, node: &str) -> Heartbeat {
+        let period_s = i64::try_from(period.as_secs()).unwrap_or(i64::MAX / 1000);
+        let period_s = if period.is_zero() { 0 } else { period_s.max(1) };
+        // FNV-1a: stable across builds and platforms (the phase must not move on an upgrade).
+        let hash = node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let period_ms = period_s.saturating_mul(1000);
+        let phase_ms = if period_s > 0 {
+            (hash % period_s as u64) as i64 * 1000
+        } else {
+            0
+        };
+        Heartbeat {
+            period_ms,
+            phase_ms,
+        }
+    }
+
+    /// A heartbeat that is always due (a one-off write such as AgentStopped).
+    pub fn always() -> Heartbeat {
+        Heartbeat {
+            period_ms: 0,
+            phase_ms: 0,
+        }
+    }
+
+    /// The node's phase within the period.
+    pub fn phase(&self) -> Duration {
+        Duration::from_millis(self.phase_ms as u64)
+    }
+
+    /// The beat that follows a write at `last`: the latest slot in `(last, last + period]`.
+    pub fn next_after(&self, last: Timestamp) -> Timestamp {
+        if self.period_ms == 0 {
+            return last;
+        }
+        let end = last.as_millisecond().saturating_add(self.period_ms);
+        let slot = end - (end - self.phase_ms).rem_euclid(self.period_ms);
+        Timestamp::from_millisecond(slot).unwrap_or(last)
+    }
+
+    /// Whether a beat is due at `now` after a write at `last` (always, with no write known).
+    pub fn due(&self, last: Option<Timestamp>, now: Timestamp) -> bool {
+        last.is_none_or(|l| now >= self.next_after(l))
+    }
+}
+
 /// The condition to write, or `None` when the node already shows it and no heartbeat is due.
 /// `lastTransitionTime` is kept unless the status changes.
 pub fn condition_update(
@@ -174,16 +239,19 @@ pub fn condition_update(
     reason: Reason,
     message: &str,
     now: Timestamp,
-    heartbeat: Duration,
+    heartbeat: &Heartbeat,
 ) -> Option<NodeCondition> {
     let same = existing.is_some_and(|c| {
         c.status == status
             && c.reason.as_deref() == Some(reason.as_str())
             && c.message.as_deref() == Some(message)
     });
-    let heartbeat_due = existing
-        .and_then(|c| c.last_heartbeat_time.as_ref())
-        .is_none_or(|t| now.duration_since(t.0).unsigned_abs().ge(&heartbeat));
+    let heartbeat_due = heartbeat.due(
+        existing
+            .and_then(|c| c.last_heartbeat_time.as_ref())
+            .map(|t| t.0),
+        now,
+    );
     if same && !heartbeat_due {
         return None;
     }
@@ -365,7 +433,11 @@ pub(crate) mod tests {
     #[test]
     fn condition_keeps_transition_time_and_heartbeats() {
         let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap_or_default();
-        let hb = Duration::from_secs(300);
+        // t0 is a multiple of 300 s since the epoch: phase 0 beats on t0, t0 + 300 s, ...
+        let hb = &Heartbeat {
+            period_ms: 300_000,
+            phase_ms: 0,
+        };
         let failed = Reason::CorrectionFailed;
         let first = condition_update(None, "False", failed, "m", t0, hb)
             .unwrap_or_else(|| panic!("first write"));
@@ -399,6 +471,61 @@ pub(crate) mod tests {
             (beat.last_heartbeat_time, beat.last_transition_time),
             (Some(Time(t2)), Some(Time(t0)))
         );
+    }
+
+    #[test]
+    fn heartbeats_of_a_fleet_spread_over_the_period() {
+        // 500 nodes started (or reconnected) together with a 60 s heartbeat: their beats fall on
+        // their own phases, so no second holds more than 3x the mean (500 / 60 per second).
+        let period = Duration::from_secs(60);
+        let mut per_second = [0u32; 60];
+        for i in 0..500 {
+            let hb = Heartbeat::new(period, &format!("fleet-{i:04}"));
+            per_second[hb.phase().as_secs() as usize] += 1;
+        }
+        let mean = 500.0 / 60.0;
+        let max = per_second.iter().copied().max().unwrap_or(0);
+        assert!(f64::from(max) <= 3.0 * mean, "max {max}/s: {per_second:?}");
+        assert!(
+            per_second.iter().filter(|n| **n == 0).count() < 5,
+            "{per_second:?}"
+        );
+        // Deterministic: the same node keeps its phase across restarts and upgrades.
+        assert_eq!(
+            Heartbeat::new(period, "fleet-0001"),
+            Heartbeat::new(period, "fleet-0001")
+        );
+    }
+
+    #[test]
+    fn a_beat_is_never_later_than_the_period_and_returns_to_its_phase_after_an_outage() {
+        let hb = Heartbeat::new(Duration::from_secs(60), "db-7");
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap_or_default();
+        let phase = hb.phase().as_millis() as i64;
+        let on_phase = |t: Timestamp| (t.as_millisecond() - phase).rem_euclid(60_000) == 0;
+        for offset_ms in [0, 1, 999, 17_000, 59_999, 60_000, 123_456] {
+            let last = t0 + Duration::from_millis(offset_ms);
+            let next = hb.next_after(last);
+            assert!(next > last, "{offset_ms}");
+            assert!(next <= last + Duration::from_secs(60), "{offset_ms}");
+            assert!(on_phase(next), "{offset_ms}: {next}");
+        }
+        // A catch-up write after a 75 s outage, at whatever moment the API came back: the next
+        // beat is the node's own slot again, not "75 s + 60 s" (which would align every node
+        // that reconnected together).
+        let catch_up = t0 + Duration::from_millis(75_321);
+        assert!(on_phase(hb.next_after(catch_up)));
+        assert!(!hb.due(Some(catch_up), catch_up + Duration::from_millis(1)));
+        assert!(hb.due(Some(catch_up), hb.next_after(catch_up)));
+        assert!(hb.due(None, t0));
+        assert!(Heartbeat::always().due(Some(t0), t0));
+        // The API keeps whole seconds: a beat written 100 ms after its slot is stored at the
+        // slot's second, and the next one is a whole period later (not due again at once).
+        let slot = hb.next_after(t0);
+        let written = slot + Duration::from_millis(100);
+        let stored: Timestamp = Timestamp::from_second(written.as_second()).unwrap_or(written);
+        assert!(!hb.due(Some(stored), written + Duration::from_millis(200)));
+        assert_eq!(hb.next_after(stored), slot + Duration::from_secs(60));
     }
 
     #[test]

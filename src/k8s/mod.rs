@@ -7,6 +7,7 @@
 //! - [`events`]: Kubernetes events and their bounded queue;
 //! - [`host_network`]: facts from the agent's own Pod (host networking, own-taint toleration);
 //! - [`gate`]: the state machine driven by reports, Node updates, events and timers;
+//! - [`reach`]: whether the API answers (one warning per outage, a gauge and a counter);
 //! - this file: options, the client, the task that drives the gate, and `cleanup`.
 
 pub mod events;
@@ -14,6 +15,7 @@ pub mod gate;
 pub mod host_network;
 pub mod marks;
 pub mod node_api;
+pub mod reach;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,12 +29,13 @@ use kube::{Client, Config};
 use tokio::sync::{mpsc, watch};
 
 use crate::agent::{Event, Report};
-use crate::backoff::{Backoff, jittered};
+use crate::backoff::{Backoff, jittered, unit_random};
 use crate::metrics::Metrics;
 use gate::{Gate, RETRY_MAX, RETRY_START};
 use host_network::PodFacts;
 use marks::our_condition;
 use node_api::{KubeNodeApi, NodeApi};
+use reach::Reach;
 
 /// The label set while the node is Redis-ready.
 pub const LABEL: &str = "redis-node-tuner.io/ready";
@@ -135,6 +138,7 @@ pub fn in_cluster() -> bool {
 pub struct Prepared {
     api: KubeNodeApi,
     opts: GateOptions,
+    reach: Reach,
     /// What one GET of the agent's Pod showed at start (`None`: not configured or not readable
     /// yet; the gate keeps trying in the background).
     pub pod: Option<PodFacts>,
@@ -148,6 +152,7 @@ pub async fn prepare(
     metrics: Arc<Metrics>,
 ) -> Result<Prepared, GateError> {
     let client = client(kubeconfig, opts.request_timeout).await?;
+    let reach = Reach::new(Some(metrics.clone()));
     let api = KubeNodeApi::new(client, &opts.node_name, opts.request_timeout, metrics);
     let mut pod = None;
     if let Some((ns, name)) = &opts.pod {
@@ -162,7 +167,12 @@ pub async fn prepare(
             }
         }
     }
-    Ok(Prepared { api, opts, pod })
+    Ok(Prepared {
+        api,
+        opts,
+        reach,
+        pod,
+    })
 }
 
 /// The facts of the agent's own Pod; a Pod off host networking is logged, wherever it is read.
@@ -205,7 +215,12 @@ enum Input {
 /// AgentStopped. Returns an error only when the agent must stop (its Pod does not tolerate its
 /// taint) or the Node watch task died.
 pub async fn run(prepared: Prepared, mut inputs: GateInputs) -> Result<(), GateError> {
-    let Prepared { api, opts, pod } = prepared;
+    let Prepared {
+        api,
+        opts,
+        reach,
+        pod,
+    } = prepared;
     let mut on_host_network = inputs.on_host_network.take();
     if let Some(proof) = pod.as_ref().and_then(PodFacts::proof)
         && let Some(f) = on_host_network.take()
@@ -224,19 +239,28 @@ pub async fn run(prepared: Prepared, mut inputs: GateInputs) -> Result<(), GateE
         _ => None,
     };
     let (node_tx, mut node_rx) = mpsc::channel(16);
-    let watch_task = tokio::spawn(watch_node(api.clone(), opts.watch_timeout, node_tx));
-    let mut gate = Gate::new(api, opts.clone(), Instant::now());
+    let watch_task = tokio::spawn(watch_node(
+        api.clone(),
+        opts.watch_timeout,
+        node_tx,
+        reach.clone(),
+    ));
+    let mut gate = Gate::new(api, opts.clone(), Instant::now()).with_reach(reach);
     gate.hold(pod_task.is_some());
     let mut result = Ok(());
     loop {
         let wake = tokio::time::Instant::from_std(gate.next_wake(Instant::now()));
+        // Biased, events first: the enforce loop sends a pass's events before its report, so
+        // every event of a pass is queued before the report that follows it is acted on (the
+        // first pass's drift events then go out as one summary, after the marks).
         let input = tokio::select! {
+            biased;
+            e = inputs.events.recv() => match e { Some(e) => Input::Event(e), None => break },
             changed = inputs.reports.changed() => {
                 if changed.is_err() { break; }
                 let r = inputs.reports.borrow_and_update().clone();
                 match r { Some(r) => Input::Report(r), None => continue }
             }
-            e = inputs.events.recv() => match e { Some(e) => Input::Event(e), None => break },
             n = node_rx.recv() => match n {
                 Some(n) => Input::Node(Box::new(n)),
                 None => {
@@ -289,7 +313,7 @@ async fn read_own_pod(
     effect: Option<String>,
     tx: mpsc::Sender<PodFacts>,
 ) {
-    let mut backoff = Backoff::new(RETRY_START, RETRY_MAX, 0.2);
+    let mut backoff = Backoff::spread(RETRY_START, RETRY_MAX);
     loop {
         match api.get_pod(&ns, &name).await {
             Ok(p) => {
@@ -304,17 +328,34 @@ async fn read_own_pod(
     }
 }
 
-/// Follows the Node: a GET, then a watch from its resourceVersion, renewed when the server ends
-/// it (resuming from the last version seen, bookmarks included) and re-established from a new
-/// GET after a 410 or when the connection stays silent past the bound.
-async fn watch_node(api: KubeNodeApi, watch_timeout: Duration, tx: mpsc::Sender<Option<Node>>) {
-    let mut backoff = Backoff::new(RETRY_START, RETRY_MAX, 0.2);
+/// Follows the Node: a GET at start, then a watch from its resourceVersion, renewed when the
+/// server ends it (resuming from the last version seen, bookmarks included).
+///
+/// When continuity is lost (410 Gone, a failed or silent connection) the watch starts again from
+/// resourceVersion "0": the apiserver's watch cache sends the Node as it holds it (a synthetic
+/// ADDED) and then every change, in one request that never reads etcd, instead of a consistent
+/// GET per agent (the storm of a fleet after an apiserver restart). Safe for this agent: it
+/// needs only its own Node; a cached copy that lags is followed by the events that bring it up to
+/// date; and no write rests on its freshness: the taint is a compare-and-swap on the
+/// resourceVersion (a stale copy costs a 409 and a fresh GET), the label and the condition are
+/// idempotent patches, and the gate never lets an object older than its own last write replace
+/// it. Reconnects back off with [`Backoff::spread`] up to [`RETRY_MAX`].
+async fn watch_node(
+    api: KubeNodeApi,
+    watch_timeout: Duration,
+    tx: mpsc::Sender<Option<Node>>,
+    reach: Reach,
+) {
+    const ANY: &str = "0";
+    let mut backoff = Backoff::spread(RETRY_START, RETRY_MAX);
+    // `None`: read the Node first (at start, and after it was deleted).
     let mut rv: Option<String> = None;
     loop {
         let version = match &rv {
             Some(v) => v.clone(),
             None => match api.get().await {
                 Ok(n) => {
+                    reach.answered();
                     let v = n.metadata.resource_version.clone().unwrap_or_default();
                     if tx.send(Some(n)).await.is_err() {
                         return;
@@ -323,6 +364,9 @@ async fn watch_node(api: KubeNodeApi, watch_timeout: Duration, tx: mpsc::Sender<
                     v
                 }
                 Err(e) => {
+                    if !reach.failed(&e) {
+                        reach.answered();
+                    }
                     if e.is_not_found() && tx.send(None).await.is_err() {
                         return;
                     }
@@ -331,12 +375,29 @@ async fn watch_node(api: KubeNodeApi, watch_timeout: Duration, tx: mpsc::Sender<
                 }
             },
         };
+        // A watch that starts afresh (at start, after a GET or from the cache) asks for a
+        // timeout anywhere in [10 %, 100 %] of --watch-timeout, so a fleet that started or
+        // reconnected together renews its watches spread over the whole period; a renewal
+        // then keeps its place (±10 %).
+        let fresh = rv.is_none() || version == ANY;
         rv = Some(version.clone());
-        let secs = jittered(watch_timeout, 0.1).as_secs().max(1);
+        let timeout = if fresh {
+            watch_timeout.mul_f64(0.1 + 0.9 * unit_random())
+        } else {
+            jittered(watch_timeout, 0.1)
+        };
+        let secs = timeout.as_secs().max(1);
         let idle = Duration::from_secs(secs) + api.timeout();
         let mut stream = match api.watch(&version, secs as u32).await {
-            Ok(s) => s,
-            Err(_) => {
+            Ok(s) => {
+                reach.answered();
+                s
+            }
+            Err(e) => {
+                if !reach.failed(&e) {
+                    reach.answered();
+                }
+                rv = Some(ANY.into());
                 tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
@@ -349,7 +410,7 @@ async fn watch_node(api: KubeNodeApi, watch_timeout: Duration, tx: mpsc::Sender<
                         silent_s = idle.as_secs(),
                         "node watch got nothing (no event, bookmark or end) within its bound; re-establishing"
                     );
-                    rv = None;
+                    rv = Some(ANY.into());
                     break;
                 }
                 // The server ended the watch (its timeout): resume from the last version.
@@ -371,14 +432,22 @@ async fn watch_node(api: KubeNodeApi, watch_timeout: Duration, tx: mpsc::Sender<
                     rv = Some(b.metadata.resource_version);
                 }
                 Ok(Some(Ok(WatchEvent::Error(e)))) => {
-                    // 410 Gone: the version is too old; start again from a GET.
+                    // 410 Gone: the version left the window; continue from the cache at once
+                    // (once: a 410 of that too waits like any other error).
                     api.count("watch", if e.code == 410 { "gone" } else { "error" });
-                    rv = None;
+                    if e.code != 410 || version == ANY {
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                    rv = Some(ANY.into());
                     break;
                 }
                 Ok(Some(Err(e))) => {
                     api.count("watch", "error");
-                    tracing::debug!(error = %e, "node watch failed; re-establishing");
+                    let e = api.error(e);
+                    if !reach.failed(&e) {
+                        tracing::debug!(error = %e, "node watch failed; re-establishing");
+                    }
+                    rv = Some(ANY.into());
                     tokio::time::sleep(backoff.next_delay()).await;
                     break;
                 }

@@ -166,6 +166,14 @@ impl KubeNodeApi {
         })
     }
 
+    /// A client error as the gate's error about this node.
+    pub fn error(&self, source: kube::Error) -> GateError {
+        GateError::Api {
+            node: self.name.clone(),
+            source,
+        }
+    }
+
     /// Opens a watch of this Node from `resource_version`; the server ends it after
     /// `timeout_secs`. Opening is bounded by the request timeout; items are not (the caller
     /// bounds the silence between them).

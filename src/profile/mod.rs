@@ -118,6 +118,22 @@ mod tests {
     }
 
     #[test]
+    fn writers_takes_off_observe_or_lock_and_names_a_bad_value() {
+        use crate::writers::WritersMode;
+        let p = Profile::from_yaml("writers: lock\n").unwrap();
+        assert_eq!((p.writers, p.writers_explicit), (WritersMode::Lock, true));
+        let d = Profile::default();
+        assert_eq!(
+            (d.writers, d.writers_explicit),
+            (WritersMode::Observe, false)
+        );
+        let i = issues("writers: block\n");
+        assert_eq!(i.len(), 1, "{i:?}");
+        assert_eq!(i[0].field, "writers");
+        assert!(i[0].message.contains("off, observe or lock"), "{i:?}");
+    }
+
+    #[test]
     fn empty_file_is_the_default() {
         assert_eq!(Profile::from_yaml(""), Ok(Profile::default()));
         assert_eq!(Profile::from_yaml("# nothing\n"), Ok(Profile::default()));

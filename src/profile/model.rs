@@ -119,6 +119,10 @@ pub struct Setting {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
     pub interval: Duration,
+    /// The writer watch of `run` (`writers:`; `--writers` overrides it).
+    pub writers: crate::writers::WritersMode,
+    /// `writers` was set by the file or the command line, not left at its default.
+    pub writers_explicit: bool,
     /// Settings in a stable order; `Mode::Off` settings are dropped at load.
     pub settings: Vec<Setting>,
 }
@@ -145,6 +149,8 @@ impl Default for Profile {
         };
         Profile {
             interval: DEFAULT_INTERVAL,
+            writers: crate::writers::WritersMode::default(),
+            writers_explicit: false,
             settings: vec![
                 s(
                     "vm.overcommit_memory",

@@ -123,9 +123,19 @@ impl Validator {
         if root.is_null() {
             return profile;
         }
-        let Some(map) = self.object("", root, &["interval", "mode", "sysctls", "thp"]) else {
+        let Some(map) = self.object("", root, &["interval", "mode", "sysctls", "thp", "writers"])
+        else {
             return profile;
         };
+        if let Some(v) = map.get("writers") {
+            match v.as_str().and_then(crate::writers::WritersMode::parse) {
+                Some(m) => {
+                    profile.writers = m;
+                    profile.writers_explicit = true;
+                }
+                None => self.issue("writers", Some(v), "expected off, observe or lock"),
+            }
+        }
         if let Some(v) = map.get("interval") {
             let parsed = match v {
                 Value::Number(n) => n.as_u64().map(Duration::from_secs),

@@ -1,0 +1,259 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0)
+// The writer watch of redis-node-tuner: who writes the knobs of the profile.
+//
+// sysctl_write (cgroup/sysctl, attached to the cgroup v2 root): every write to /proc/sys by any
+//   process. A write to a watched sysctl, in the network namespace the agent enforces for
+//   per-namespace (net/*) knobs (given per rule), is reported with its writer before it is applied; in lock
+//   mode a write that would move an enforce-mode knob out of the profile is refused (EPERM).
+// sys_exit (raw tracepoint): a successful write(2)/pwrite64(2) to a watched sysfs file (THP),
+//   matched by inode number, is reported after it happened. Observe only.
+// The agent's own writes (its thread group, in its PID namespace) are never reported or
+// refused. Built by bpf/build.sh; the object is committed (see bpf/README.md).
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+#define NAME_LEN 64
+#define VALUE_LEN 32
+#define COMM_LEN 16
+#define SYSFS_MAGIC 0x62656572
+
+// Only the fields read here; CO-RE relocates them against the running kernel's BTF.
+struct ns_common { unsigned int inum; } __attribute__((preserve_access_index));
+struct net { struct ns_common ns; } __attribute__((preserve_access_index));
+struct nsproxy { struct net *net_ns; } __attribute__((preserve_access_index));
+struct file;
+struct fdtable { unsigned int max_fds; struct file **fd; } __attribute__((preserve_access_index));
+struct files_struct { struct fdtable *fdt; } __attribute__((preserve_access_index));
+struct task_struct {
+	int tgid;
+	struct task_struct *real_parent;
+	struct task_struct *group_leader;
+	struct nsproxy *nsproxy;
+	struct files_struct *files;
+	char comm[COMM_LEN];
+} __attribute__((preserve_access_index));
+struct super_block { unsigned long s_magic; } __attribute__((preserve_access_index));
+struct inode { unsigned long i_ino; struct super_block *i_sb; } __attribute__((preserve_access_index));
+struct file { struct inode *f_inode; } __attribute__((preserve_access_index));
+#if defined(__TARGET_ARCH_x86)
+struct pt_regs { unsigned long di; unsigned long si; unsigned long orig_ax; } __attribute__((preserve_access_index));
+#define SYSCALL_NR(r) BPF_CORE_READ(r, orig_ax)
+#define ARG0(r) BPF_CORE_READ(r, di)
+#define ARG1(r) BPF_CORE_READ(r, si)
+#define NR_WRITE 1
+#define NR_PWRITE64 18
+#else
+#error "the writer watch is built for x86_64 only (see bpf/README.md)"
+#endif
+
+// How a value is judged in lock mode (numeric rules only; the others are never refused).
+enum op { OP_NONE = 0, OP_EQ = 1, OP_GE = 2, OP_LE = 3 };
+
+struct rule {
+	__u32 knob;      // index of the knob in the agent's list
+	__u32 netns;     // net/*: the host's network namespace (inode); 0: any namespace
+	__u32 lock;      // refuse writes that would leave the profile
+	__u32 op;
+	__s64 value;
+};
+
+struct event {
+	__u32 knob;
+	__u32 source;    // 1 sysctl, 2 sysfs
+	__u32 refused;
+	__u32 pid;       // thread group id, in the initial PID namespace
+	__u32 tid;
+	__u32 ppid;
+	__u32 uid;
+	__u32 netns;
+	__u64 cgroup_id;
+	__u32 old_len;
+	__u32 new_len;
+	char comm[COMM_LEN];   // the thread-group leader's
+	char pcomm[COMM_LEN];  // the parent's thread-group leader's
+	char old[VALUE_LEN];
+	char new[VALUE_LEN];
+};
+
+const volatile __u64 self_pidns_dev = 0;
+const volatile __u64 self_pidns_ino = 0;
+const volatile __u32 self_tgid = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, char[NAME_LEN]);
+	__type(value, struct rule);
+} sysctl_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u64);   // inode number of a sysfs file
+	__type(value, __u32); // knob index
+} sysfs_knobs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+// [0]: events lost because the ring buffer was full.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+static __always_inline int is_self(void)
+{
+	struct bpf_pidns_info ns = {};
+	if (bpf_get_ns_current_pid_tgid(self_pidns_dev, self_pidns_ino, &ns, sizeof(ns)))
+		return 0;
+	return ns.tgid == self_tgid;
+}
+
+static __always_inline void count_lost(void)
+{
+	__u32 k = 0;
+	__u64 *v = bpf_map_lookup_elem(&lost, &k);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline void fill_writer(struct event *e, struct task_struct *task)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
+	struct task_struct *parent = BPF_CORE_READ(task, real_parent);
+	struct task_struct *pleader = BPF_CORE_READ(parent, group_leader);
+
+	e->pid = id >> 32;
+	e->tid = (__u32)id;
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->ppid = BPF_CORE_READ(parent, tgid);
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->netns = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
+	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), &leader->comm);
+	bpf_probe_read_kernel_str(e->pcomm, sizeof(e->pcomm), &pleader->comm);
+}
+
+static __always_inline int allowed(const struct rule *r, const char *buf, int len)
+{
+	long v = 0;
+	if (!r->lock || r->op == OP_NONE)
+		return 1;
+	if (len <= 0)
+		return 0; // unreadable or empty: cannot satisfy a numeric rule
+	// ((len - 1) & 31) + 1 is len for 1..32, and tells the verifier so.
+	if (bpf_strtol(buf, ((len - 1) & (VALUE_LEN - 1)) + 1, 0, &v) < 0)
+		return 0; // not a number
+	switch (r->op) {
+	case OP_EQ: return v == r->value;
+	case OP_GE: return v >= r->value;
+	case OP_LE: return v <= r->value;
+	}
+	return 1;
+}
+
+SEC("cgroup/sysctl")
+int sysctl_write(struct bpf_sysctl *ctx)
+{
+	char name[NAME_LEN] = {};
+	struct rule *r;
+	struct event *e;
+	struct task_struct *task;
+	__u32 netns;
+	int refuse;
+
+	if (!ctx->write)
+		return 1;
+	if (bpf_sysctl_get_name(ctx, name, sizeof(name), 0) < 0)
+		return 1; // longer than any watched name
+	r = bpf_map_lookup_elem(&sysctl_rules, name);
+	if (!r || is_self())
+		return 1;
+	task = (struct task_struct *)bpf_get_current_task();
+	netns = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
+	if (r->netns && netns != r->netns)
+		return 1; // another network namespace's own copy of the knob
+
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		char v[VALUE_LEN] = {};
+		int n = bpf_sysctl_get_new_value(ctx, v, sizeof(v));
+		count_lost();
+		return allowed(r, v, n);
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->knob = r->knob;
+	e->source = 1;
+	fill_writer(e, task);
+	int o = bpf_sysctl_get_current_value(ctx, e->old, sizeof(e->old));
+	int n = bpf_sysctl_get_new_value(ctx, e->new, sizeof(e->new));
+	e->old_len = o < 0 ? 0 : o;
+	e->new_len = n < 0 ? 0 : n;
+	refuse = !allowed(r, e->new, n);
+	e->refused = refuse;
+	bpf_ringbuf_submit(e, 0);
+	return refuse ? 0 : 1;
+}
+
+SEC("raw_tracepoint/sys_exit")
+int sys_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	long ret = (long)ctx->args[1];
+	struct task_struct *task;
+	struct fdtable *fdt;
+	struct file **fds;
+	struct file *f = 0;
+	struct inode *inode;
+	unsigned long fd, magic;
+	__u64 ino;
+	__u32 *knob;
+	struct event *e;
+	long nr;
+
+	if (ret <= 0)
+		return 0;
+	nr = SYSCALL_NR(regs);
+	if (nr != NR_WRITE && nr != NR_PWRITE64)
+		return 0;
+	fd = ARG0(regs);
+	task = (struct task_struct *)bpf_get_current_task();
+	fdt = BPF_CORE_READ(task, files, fdt);
+	if (fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return 0;
+	inode = BPF_CORE_READ(f, f_inode);
+	ino = BPF_CORE_READ(inode, i_ino);
+	knob = bpf_map_lookup_elem(&sysfs_knobs, &ino);
+	if (!knob)
+		return 0;
+	magic = BPF_CORE_READ(inode, i_sb, s_magic);
+	if (magic != SYSFS_MAGIC || is_self())
+		return 0;
+
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->knob = *knob;
+	e->source = 2;
+	fill_writer(e, task);
+	__u32 len = ret < VALUE_LEN - 1 ? ret : VALUE_LEN - 1;
+	if (bpf_probe_read_user(e->new, len & (VALUE_LEN - 1), (void *)ARG1(regs)) == 0)
+		e->new_len = len;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -1,0 +1,371 @@
+//! Loading the writer watch's BPF programs (`bpf/writers.bpf.c`, committed compiled as
+//! `bpf/writers.bpf.o`) with aya, filling their maps, and decoding their events.
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
+use aya::programs::{CgroupAttachMode, CgroupSysctl, RawTracePoint};
+use aya::{Ebpf, EbpfLoader};
+
+use super::Unavailable;
+
+/// The compiled object (x86_64; see `bpf/README.md`).
+#[cfg(target_arch = "x86_64")]
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/writers.bpf.o");
+
+const NAME_LEN: usize = 64;
+const VALUE_LEN: usize = 32;
+const COMM_LEN: usize = 16;
+/// `sizeof(struct event)` in `writers.bpf.c`.
+pub const EVENT_SIZE: usize = 144;
+
+/// How the kernel judges a written value in lock mode (`enum op`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Op {
+    /// Never refused.
+    None = 0,
+    Eq = 1,
+    Ge = 2,
+    Le = 3,
+}
+
+/// `struct rule`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    pub knob: u32,
+    /// The host's network namespace inode for `net/*` knobs; 0: any namespace.
+    pub netns: u32,
+    pub lock: u32,
+    pub op: u32,
+    pub value: i64,
+}
+
+impl Rule {
+    /// `struct rule` in native byte order (4×4 + 8 bytes, no padding).
+    pub fn to_bytes(self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        for (i, v) in [self.knob, self.netns, self.lock, self.op]
+            .into_iter()
+            .enumerate()
+        {
+            b[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
+        }
+        b[16..].copy_from_slice(&self.value.to_ne_bytes());
+        b
+    }
+}
+
+/// Where a write was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Sysctl,
+    Sysfs,
+}
+
+/// `struct event`, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawWrite {
+    pub knob: u32,
+    pub source: Source,
+    pub refused: bool,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub netns: u32,
+    pub cgroup_id: u64,
+    pub comm: String,
+    pub parent_comm: String,
+    /// The value before the write (sysctl writes only).
+    pub old: Option<String>,
+    pub new: String,
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_ne_bytes(a)
+}
+
+fn text(b: &[u8], len: Option<usize>) -> String {
+    let b = match len {
+        Some(n) => &b[..n.min(b.len())],
+        None => b,
+    };
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).trim().to_string()
+}
+
+impl RawWrite {
+    /// Decodes one ring-buffer record; `None` if it is not an event of this object.
+    pub fn decode(b: &[u8]) -> Option<RawWrite> {
+        if b.len() < EVENT_SIZE {
+            return None;
+        }
+        let source = match u32_at(b, 4) {
+            1 => Source::Sysctl,
+            2 => Source::Sysfs,
+            _ => return None,
+        };
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&b[32..40]);
+        let old_len = u32_at(b, 40) as usize;
+        let new_len = u32_at(b, 44) as usize;
+        Some(RawWrite {
+            knob: u32_at(b, 0),
+            source,
+            refused: u32_at(b, 8) != 0,
+            pid: u32_at(b, 12),
+            tid: u32_at(b, 16),
+            ppid: u32_at(b, 20),
+            uid: u32_at(b, 24),
+            netns: u32_at(b, 28),
+            cgroup_id: u64::from_ne_bytes(id),
+            comm: text(&b[48..48 + COMM_LEN], None),
+            parent_comm: text(&b[64..64 + COMM_LEN], None),
+            old: (source == Source::Sysctl).then(|| text(&b[80..80 + VALUE_LEN], Some(old_len))),
+            new: text(&b[112..112 + VALUE_LEN], Some(new_len)),
+        })
+    }
+}
+
+/// What the programs watch.
+#[derive(Debug, Default)]
+pub struct Watchlist {
+    /// sysctl name as the kernel gives it (`vm/overcommit_memory`) → rule.
+    pub sysctls: Vec<(String, Rule)>,
+    /// sysfs file → knob index.
+    pub sysfs: Vec<(std::path::PathBuf, u32)>,
+}
+
+/// The loaded, attached programs: they detach when this is dropped (or the process ends).
+pub struct Loaded {
+    _ebpf: Ebpf,
+    pub ring: RingBuf<MapData>,
+    lost: Array<MapData, u64>,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Loaded")
+    }
+}
+
+impl Loaded {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.ring.as_fd()
+    }
+
+    /// Events the kernel side dropped because the ring buffer was full.
+    pub fn lost(&self) -> u64 {
+        self.lost.get(&0, 0).unwrap_or(0)
+    }
+}
+
+fn kind_of(e: &std::io::Error) -> Option<&'static str> {
+    match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => Some("permission"),
+        _ => None,
+    }
+}
+
+/// An aya error as an [`Unavailable`] reason: `permission` where the kernel said EPERM/EACCES.
+fn unavailable(what: &str, e: impl std::error::Error + 'static) -> Unavailable {
+    let mut reason = "load_failed";
+    let mut src: Option<&dyn std::error::Error> = Some(&e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && let Some(k) = kind_of(io)
+        {
+            reason = k;
+        }
+        src = s.source();
+    }
+    let mut message = format!("{what}: {e}");
+    let mut src = e.source();
+    while let Some(s) = src {
+        message.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    Unavailable { reason, message }
+}
+
+/// The object lacks a map or program this loader needs (a build of another source).
+fn missing(what: &str) -> Unavailable {
+    Unavailable {
+        reason: "load_failed",
+        message: format!("the BPF object has no {what}"),
+    }
+}
+
+/// Loads the object, fills the maps and attaches: the sysctl program to `cgroup_root` (the
+/// cgroup v2 root), the tracepoint to `sys_exit`.
+pub fn load(object: &[u8], cgroup_root: &Path, list: &Watchlist) -> Result<Loaded, Unavailable> {
+    let pidns = std::fs::metadata("/proc/self/ns/pid").map_err(|e| Unavailable {
+        reason: "load_failed",
+        message: format!("/proc/self/ns/pid: {e}"),
+    })?;
+    let (dev, ino, tgid) = (pidns.dev(), pidns.ino(), std::process::id());
+    let mut ebpf = EbpfLoader::new()
+        .override_global("self_pidns_dev", &dev, true)
+        .override_global("self_pidns_ino", &ino, true)
+        .override_global("self_tgid", &tgid, true)
+        .load(object)
+        .map_err(|e| unavailable("loading the BPF object", e))?;
+    {
+        let map = ebpf
+            .map_mut("sysctl_rules")
+            .ok_or_else(|| missing("sysctl_rules map"))?;
+        let mut rules: BpfHashMap<_, [u8; NAME_LEN], [u8; 24]> =
+            BpfHashMap::try_from(map).map_err(|e| unavailable("sysctl_rules", e))?;
+        for (name, rule) in &list.sysctls {
+            let mut key = [0u8; NAME_LEN];
+            let b = name.as_bytes();
+            if b.len() >= NAME_LEN {
+                continue; // the program skips names it cannot read whole
+            }
+            key[..b.len()].copy_from_slice(b);
+            rules
+                .insert(key, rule.to_bytes(), 0)
+                .map_err(|e| unavailable("sysctl_rules", e))?;
+        }
+    }
+    {
+        let map = ebpf
+            .map_mut("sysfs_knobs")
+            .ok_or_else(|| missing("sysfs_knobs map"))?;
+        let mut files: BpfHashMap<_, u64, u32> =
+            BpfHashMap::try_from(map).map_err(|e| unavailable("sysfs_knobs", e))?;
+        for (path, knob) in &list.sysfs {
+            if let Ok(m) = std::fs::metadata(path) {
+                files
+                    .insert(m.ino(), *knob, 0)
+                    .map_err(|e| unavailable("sysfs_knobs", e))?;
+            }
+        }
+    }
+    let cgroup = File::open(cgroup_root).map_err(|e| Unavailable {
+        reason: "no_cgroup2",
+        message: format!("{}: {e}", cgroup_root.display()),
+    })?;
+    {
+        let prog: &mut CgroupSysctl = ebpf
+            .program_mut("sysctl_write")
+            .ok_or_else(|| missing("sysctl_write program"))?
+            .try_into()
+            .map_err(|e| unavailable("sysctl_write", e))?;
+        prog.load()
+            .map_err(|e| unavailable("loading sysctl_write", e))?;
+        // A link (kernel ≥ 5.7) always coexists with other programs on the cgroup; it takes no flags.
+        prog.attach(cgroup.as_fd(), CgroupAttachMode::Single)
+            .map_err(|e| unavailable("attaching sysctl_write to the cgroup v2 root", e))?;
+    }
+    if !list.sysfs.is_empty() {
+        let prog: &mut RawTracePoint = ebpf
+            .program_mut("sys_exit")
+            .ok_or_else(|| missing("sys_exit program"))?
+            .try_into()
+            .map_err(|e| unavailable("sys_exit", e))?;
+        prog.load()
+            .map_err(|e| unavailable("loading sys_exit", e))?;
+        prog.attach("sys_exit")
+            .map_err(|e| unavailable("attaching sys_exit", e))?;
+    }
+    let ring = RingBuf::try_from(
+        ebpf.take_map("events")
+            .ok_or_else(|| missing("events map"))?,
+    )
+    .map_err(|e| unavailable("events", e))?;
+    let lost = Array::try_from(ebpf.take_map("lost").ok_or_else(|| missing("lost map"))?)
+        .map_err(|e| unavailable("lost", e))?;
+    Ok(Loaded {
+        _ebpf: ebpf,
+        ring,
+        lost,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rule_is_laid_out_as_the_c_struct() {
+        let b = Rule {
+            knob: 1,
+            netns: 2,
+            lock: 3,
+            op: 2,
+            value: -5,
+        }
+        .to_bytes();
+        assert_eq!(&b[..4], &1u32.to_ne_bytes());
+        assert_eq!(&b[12..16], &2u32.to_ne_bytes());
+        assert_eq!(&b[16..], &(-5i64).to_ne_bytes());
+    }
+
+    fn record() -> Vec<u8> {
+        let mut b = vec![0u8; EVENT_SIZE];
+        let put =
+            |b: &mut Vec<u8>, at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+        put(&mut b, 0, 2);
+        put(&mut b, 4, 1);
+        put(&mut b, 8, 1);
+        put(&mut b, 12, 4242);
+        put(&mut b, 16, 4243);
+        put(&mut b, 20, 4200);
+        put(&mut b, 24, 1000);
+        put(&mut b, 28, 4026531840);
+        b[32..40].copy_from_slice(&77u64.to_ne_bytes());
+        put(&mut b, 40, 2);
+        put(&mut b, 44, 2);
+        b[48..55].copy_from_slice(b"sysctl\0");
+        b[64..68].copy_from_slice(b"bash");
+        b[80..82].copy_from_slice(b"1\n");
+        b[112..114].copy_from_slice(b"0\n");
+        b
+    }
+
+    #[test]
+    fn an_event_record_decodes_field_by_field() {
+        let w = RawWrite::decode(&record()).unwrap();
+        assert_eq!(
+            w,
+            RawWrite {
+                knob: 2,
+                source: Source::Sysctl,
+                refused: true,
+                pid: 4242,
+                tid: 4243,
+                ppid: 4200,
+                uid: 1000,
+                netns: 4026531840,
+                cgroup_id: 77,
+                comm: "sysctl".into(),
+                parent_comm: "bash".into(),
+                old: Some("1".into()),
+                new: "0".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn short_or_foreign_records_are_refused() {
+        assert_eq!(RawWrite::decode(&record()[..EVENT_SIZE - 1]), None);
+        let mut b = record();
+        b[4] = 9;
+        assert_eq!(RawWrite::decode(&b), None);
+    }
+
+    #[test]
+    fn a_value_longer_than_its_length_is_cut_at_the_length() {
+        let mut b = record();
+        b[112..118].copy_from_slice(b"always");
+        b[44..48].copy_from_slice(&3u32.to_ne_bytes());
+        assert_eq!(RawWrite::decode(&b).unwrap().new, "alw");
+    }
+}

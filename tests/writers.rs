@@ -1,0 +1,485 @@
+//! The writer watch on the real kernel (as root; every knob is restored by the host guard).
+//!
+//! The agent runs on the host's /proc and /sys with a one-hour interval: after its first pass
+//! the poll is out of the picture, so a correction within seconds can only come from the watch.
+//! Each foreign write is made by a child of this test, so its pid and name are known.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::host::{self, HostGuard, OVERCOMMIT_PATH, THP};
+use common::{BIN, free_port, has_line, http_get, repo, wait_for};
+use serde_json::Value;
+
+const SOMAXCONN_PATH: &str = "/proc/sys/net/core/somaxconn";
+
+/// Puts the knobs in the profile first, so the agent's first pass finds no drift.
+fn tuned() {
+    host::write(Path::new(OVERCOMMIT_PATH), "1");
+    host::write(Path::new(SOMAXCONN_PATH), "4096");
+    host::write(&Path::new(THP).join("enabled"), "never");
+    host::write(&Path::new(THP).join("defrag"), "never");
+}
+
+struct Agent {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+    _state: tempfile::TempDir,
+}
+
+impl Agent {
+    /// `run` on the host's kernel, interval 1 h, JSON logs; waits until the watch said
+    /// whether it runs and the first pass tuned the node.
+    fn start(extra: &[&str]) -> Agent {
+        let state = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = state.path().join("agent.log");
+        let child = Command::new(BIN)
+            .args(["--state-dir"])
+            .arg(state.path().join("state"))
+            .args([
+                "run",
+                "--no-kubernetes",
+                "--interval",
+                "1h",
+                "--log-format",
+                "json",
+            ])
+            .args(["--listen", &addr])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn the agent");
+        let a = Agent {
+            child,
+            addr,
+            log,
+            _state: state,
+        };
+        let started = wait_for(Duration::from_secs(30), || {
+            let l = a.logs();
+            l.contains("writer watch") && l.contains("node ready")
+        });
+        assert!(started, "the agent did not start:\n{}", a.logs());
+        assert!(
+            wait_for(Duration::from_secs(10), || http_get(&a.addr, "/metrics")
+                .is_ok()),
+            "no /metrics:\n{}",
+            a.logs()
+        );
+        a
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn lines(&self) -> Vec<Value> {
+        self.logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Log lines with this message about this knob.
+    fn about(&self, message: &str, knob: &str) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l["message"] == message && l["knob"] == knob)
+            .collect()
+    }
+
+    fn metrics(&self) -> String {
+        http_get(&self.addr, "/metrics").expect("GET /metrics").1
+    }
+
+    /// Waits for every sample (counted right after the pass that wrote the knob).
+    fn wait_metrics(&self, want: &[String]) {
+        let ok = wait_for(Duration::from_secs(10), || {
+            let m = self.metrics();
+            want.iter().all(|w| has_line(&m, w))
+        });
+        let m = self.metrics();
+        let missing: Vec<&String> = want.iter().filter(|w| !has_line(&m, w)).collect();
+        assert!(ok, "missing {missing:?}:\n{m}\n{}", self.logs());
+    }
+
+    fn foreign(&self, setting: &str, writer: &str, action: &str) -> String {
+        format!(
+            "redis_node_tuner_foreign_writes_total{{setting=\"{setting}\",writer=\"{writer}\",action=\"{action}\"}} 1"
+        )
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `cmd` to completion: (pid, exit success, stderr).
+fn run(cmd: &mut Command) -> (u32, bool, String) {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    (
+        pid,
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn overcommit() -> String {
+    host::read(Path::new(OVERCOMMIT_PATH)).trim().to_string()
+}
+
+fn thp_enabled() -> String {
+    host::selected(&host::read(&Path::new(THP).join("enabled")))
+}
+
+/// The "foreign write ..." line of the write by `pid`, waited for.
+fn line_of(a: &Agent, knob: &str, pid: u32) -> Value {
+    let mut found = None;
+    wait_for(Duration::from_secs(10), || {
+        found = a
+            .lines()
+            .into_iter()
+            .find(|l| l["knob"] == knob && l["pid"] == pid && l.get("action").is_some());
+        found.is_some()
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "no foreign-write line for {knob} by pid {pid}:\n{}",
+            a.logs()
+        )
+    })
+}
+
+#[test]
+fn a_foreign_sysctl_and_a_shell_thp_write_are_named_and_corrected_at_once() {
+    let _g = HostGuard::take();
+    tuned();
+    let a = Agent::start(&[]);
+    assert!(has_line(
+        &a.metrics(),
+        "redis_node_tuner_writer_watch_active{mode=\"observe\",reason=\"active\"} 1"
+    ));
+    assert_eq!(overcommit(), "1");
+
+    let (pid, ok, err) = run(Command::new("sysctl")
+        .arg("-w")
+        .arg("vm.overcommit_memory=0"));
+    assert!(ok, "{err}");
+    let l = line_of(&a, "vm.overcommit_memory", pid);
+    assert_eq!(l["comm"], "sysctl", "{l}");
+    assert_eq!(l["ppid"], std::process::id(), "{l}");
+    assert_eq!(
+        (l["old"].as_str(), l["new"].as_str()),
+        (Some("1"), Some("0")),
+        "{l}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || overcommit() == "1"),
+        "not corrected:\n{}",
+        a.logs()
+    );
+    let named = format!("pid {pid} (sysctl), parent {}", std::process::id());
+    let corrected = a.about("drift corrected", "vm.overcommit_memory");
+    assert!(
+        corrected
+            .iter()
+            .any(|l| l["writer"].as_str().is_some_and(|w| w.starts_with(&named))),
+        "the correction does not name {named}:\n{}",
+        a.logs()
+    );
+
+    let (pid, ok, err) = run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo always > {THP}/enabled")));
+    assert!(ok, "{err}");
+    let l = line_of(&a, "thp.enabled", pid);
+    assert_eq!(
+        (l["comm"].as_str(), l["new"].as_str()),
+        (Some("sh"), Some("always")),
+        "{l}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || thp_enabled() == "never"),
+        "THP not corrected:\n{}",
+        a.logs()
+    );
+    // Exactly one each: the agent's own corrections are not foreign writes.
+    a.wait_metrics(&[
+        a.foreign("vm.overcommit_memory", "sysctl", "corrected"),
+        a.foreign("thp.enabled", "sh", "corrected"),
+    ]);
+    let m = a.metrics();
+    assert_eq!(
+        m.matches("redis_node_tuner_foreign_writes_total{").count(),
+        2,
+        "{m}"
+    );
+}
+
+/// The first cgroup v2 mount of this process.
+fn cgroup2_root() -> PathBuf {
+    let info = host::read(Path::new("/proc/self/mountinfo"));
+    info.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.starts_with("cgroup2 ")).then(|| PathBuf::from(left.split(' ').nth(4).unwrap()))
+        })
+        .expect("a cgroup v2 mount")
+}
+
+struct Cgroup(PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_writer_in_its_own_cgroup_and_network_namespace_is_named_with_its_cgroup() {
+    let _g = HostGuard::take();
+    let name = format!("rnt-writer-test-{}", std::process::id());
+    let cg = Cgroup(cgroup2_root().join(&name));
+    std::fs::create_dir(&cg.0).unwrap();
+    let a = Agent::start(&[]);
+    // unshare execs sh, which moves itself into the cgroup and execs sysctl: one pid.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec sysctl -w vm.overcommit_memory=0",
+        cg.0.display()
+    );
+    let (pid, ok, err) = run(Command::new("unshare").args(["-n", "sh", "-c", &script]));
+    assert!(ok, "{err}");
+    let l = line_of(&a, "vm.overcommit_memory", pid);
+    assert_eq!(l["comm"], "sysctl", "{l}");
+    assert_eq!(l["cgroup"], format!("/{name}"), "{l}");
+    assert!(
+        wait_for(Duration::from_secs(10), || overcommit() == "1"),
+        "not corrected:\n{}",
+        a.logs()
+    );
+    a.wait_metrics(&[a.foreign("vm.overcommit_memory", "sysctl", "corrected")]);
+}
+
+#[test]
+fn somaxconn_written_in_another_network_namespace_is_not_drift() {
+    let _g = HostGuard::take();
+    let a = Agent::start(&[]);
+    let host_before = host::read(Path::new(SOMAXCONN_PATH));
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c"])
+        .arg(format!(
+            "sysctl -qw net.core.somaxconn=100 && sleep 1 && cat {SOMAXCONN_PATH}"
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "100",
+        "corrected in another netns"
+    );
+    assert_eq!(host::read(Path::new(SOMAXCONN_PATH)), host_before);
+    assert!(
+        a.about("foreign write", "net.core.somaxconn").is_empty(),
+        "{}",
+        a.logs()
+    );
+    assert!(
+        !a.metrics()
+            .contains("setting=\"net.core.somaxconn\",writer")
+    );
+
+    // The same write in the host's namespace is drift: named and corrected.
+    let (pid, ok, err) = run(Command::new("sysctl")
+        .arg("-w")
+        .arg("net.core.somaxconn=100"));
+    assert!(ok, "{err}");
+    let l = line_of(&a, "net.core.somaxconn", pid);
+    assert_eq!(l["comm"], "sysctl", "{l}");
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            host::read(Path::new(SOMAXCONN_PATH))
+                .trim()
+                .parse::<i64>()
+                .unwrap()
+                >= 2048
+        }),
+        "host somaxconn not corrected:\n{}",
+        a.logs()
+    );
+}
+
+#[test]
+fn lock_mode_refuses_what_leaves_the_profile_and_lets_the_desired_value_through() {
+    let _g = HostGuard::take();
+    tuned();
+    let a = Agent::start(&["--writers", "lock"]);
+    assert!(has_line(
+        &a.metrics(),
+        "redis_node_tuner_writer_watch_active{mode=\"lock\",reason=\"active\"} 1"
+    ));
+    let (pid, ok, err) = run(Command::new("sysctl")
+        .arg("-w")
+        .arg("vm.overcommit_memory=0"));
+    assert!(
+        !ok && err.contains("Operation not permitted"),
+        "not refused: {err}"
+    );
+    assert_eq!(overcommit(), "1");
+    let l = line_of(&a, "vm.overcommit_memory", pid);
+    assert_eq!(
+        (l["action"].as_str(), l["comm"].as_str()),
+        (Some("refused"), Some("sysctl"))
+    );
+    // The kubelet's write of the desired value passes.
+    let (_, ok, err) = run(Command::new("sysctl")
+        .arg("-w")
+        .arg("vm.overcommit_memory=1"));
+    assert!(ok, "the desired value was refused: {err}");
+    let (_, ok, _) = run(Command::new("sysctl")
+        .arg("-w")
+        .arg("net.core.somaxconn=100"));
+    assert!(!ok, "somaxconn below the profile was not refused");
+    let (_, ok, err) = run(Command::new("sysctl")
+        .arg("-w")
+        .arg("net.core.somaxconn=8192"));
+    assert!(ok, "somaxconn above the bound was refused: {err}");
+    // THP is sysfs: observed and corrected, never refused.
+    let (_, ok, err) = run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo always > {THP}/enabled")));
+    assert!(ok, "{err}");
+    assert!(wait_for(Duration::from_secs(10), || thp_enabled() == "never"));
+    // The refused value never landed: no drift was ever seen on overcommit or somaxconn.
+    assert!(
+        a.about("drift detected", "vm.overcommit_memory").is_empty(),
+        "{}",
+        a.logs()
+    );
+    assert!(
+        a.about("drift detected", "net.core.somaxconn").is_empty(),
+        "{}",
+        a.logs()
+    );
+    a.wait_metrics(&[
+        a.foreign("vm.overcommit_memory", "sysctl", "refused"),
+        a.foreign("vm.overcommit_memory", "sysctl", "observed"),
+        a.foreign("net.core.somaxconn", "sysctl", "refused"),
+        a.foreign("net.core.somaxconn", "sysctl", "observed"),
+        a.foreign("thp.enabled", "sh", "corrected"),
+    ]);
+}
+
+#[test]
+fn without_its_capabilities_the_watch_is_unavailable_and_the_poll_still_corrects() {
+    let _g = HostGuard::take();
+    // Root without CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN (none survives exec).
+    let state = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = state.path().join("agent.log");
+    let child = Command::new("setpriv")
+        .args([
+            "--bounding-set",
+            "-bpf,-perfmon,-net_admin,-sys_admin",
+            "--inh-caps",
+            "-all",
+        ])
+        .arg(BIN)
+        .arg("--state-dir")
+        .arg(state.path().join("state"))
+        .args([
+            "run",
+            "--no-kubernetes",
+            "--interval",
+            "200ms",
+            "--log-format",
+            "json",
+        ])
+        .args(["--listen", &addr, "--writers", "observe"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let a = Agent {
+        child,
+        addr,
+        log,
+        _state: state,
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || a
+            .logs()
+            .contains("writer watch unavailable")),
+        "{}",
+        a.logs()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || has_line(
+            &a.metrics(),
+            "redis_node_tuner_writer_watch_active{mode=\"observe\",reason=\"permission\"} 0"
+        )),
+        "{}",
+        a.metrics()
+    );
+    let (_, ok, err) = run(Command::new("sysctl")
+        .arg("-w")
+        .arg("vm.overcommit_memory=0"));
+    assert!(ok, "{err}");
+    assert!(
+        wait_for(Duration::from_secs(10), || overcommit() == "1"),
+        "the poll did not correct:\n{}",
+        a.logs()
+    );
+    let corrected = a.about("drift corrected", "vm.overcommit_memory");
+    assert!(!corrected.is_empty(), "{}", a.logs());
+    assert!(
+        corrected.iter().all(|l| l.get("writer").is_none()),
+        "a writer without a watch?"
+    );
+}
+
+#[test]
+fn a_fake_tree_has_no_writes_to_watch() {
+    let t = common::Tree::untuned();
+    let d = common::Daemon::start(&t, &["--writers", "observe"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || has_line(
+            &d.metrics(),
+            "redis_node_tuner_writer_watch_active{mode=\"observe\",reason=\"fake_root\"} 0"
+        )),
+        "{}",
+        d.metrics()
+    );
+}
+
+#[test]
+fn the_committed_bpf_object_is_built_from_its_source() {
+    let out = tempfile::tempdir().unwrap();
+    let rebuilt = out.path().join("writers.bpf.o");
+    let st = Command::new("bash")
+        .arg(repo().join("bpf/build.sh"))
+        .arg(&rebuilt)
+        .status()
+        .expect("bpf/build.sh (needs clang, llvm and libbpf-dev)");
+    assert!(st.success(), "bpf/build.sh failed");
+    let committed = std::fs::read(repo().join("bpf/writers.bpf.o")).unwrap();
+    assert!(
+        std::fs::read(&rebuilt).unwrap() == committed,
+        "bpf/writers.bpf.o is not the build of bpf/writers.bpf.c: run bpf/build.sh and commit it"
+    );
+}
