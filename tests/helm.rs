@@ -8,12 +8,12 @@
 
 mod common;
 use common::apiserver::ApiServer;
+use common::helm::{chart, helm};
 use common::*;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 
 use serde_json::{Value, json};
 
@@ -27,39 +27,6 @@ const HELM_LABELS: [&str; 4] = [
     "app.kubernetes.io/version",
 ];
 const CONFIG_MAP: &str = "redis-node-tuner-config";
-
-fn chart() -> PathBuf {
-    repo().join("deploy/helm/redis-node-tuner")
-}
-
-/// Builds (or finds in the cache) the pinned Helm.
-fn helm_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo().join("tests/helm/build.sh"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run tests/helm/build.sh");
-        assert!(out.status.success(), "building helm failed");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        PathBuf::from(stdout.lines().last().expect("helm path").trim())
-    })
-}
-
-/// Helm with its state in a temp dir of its own (no user config, cache or repositories).
-fn helm(args: &[&str]) -> Out {
-    let home = tempfile::tempdir().expect("helm home");
-    Out::of(
-        Command::new(helm_bin())
-            .env("HELM_CACHE_HOME", home.path().join("cache"))
-            .env("HELM_CONFIG_HOME", home.path().join("config"))
-            .env("HELM_DATA_HOME", home.path().join("data"))
-            .args(args)
-            .output()
-            .expect("run helm"),
-    )
-}
 
 /// `helm template` of the chart in namespace `ns` with these values files and `--set`s.
 fn render(ns: &str, values: &[&Path], set: &[&str]) -> Result<String, Out> {

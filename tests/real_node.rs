@@ -2,7 +2,7 @@
 //! kube-scheduler and kube-controller-manager against the test kube-apiserver; the agent runs
 //! from this tree's Containerfile image, Redis from a local image of Debian's redis-server.
 //! Everything is asserted from outside the agent: the apiserver's view, the host's kernel files,
-//! Redis's own log. One test drives the scenarios in sequence (one cluster fits a machine) under
+//! Redis's own log; at the end the Helm chart is installed on the same node. One test drives the scenarios in sequence (one cluster fits a machine) under
 //! the host-knob lock (the kubelet writes vm.overcommit_memory at start).
 //!
 //! Needs root, and what scripts/test.sh installs (tests/cluster/setup.sh).
@@ -1037,6 +1037,145 @@ patches:
     assert_eq!(thp("defrag"), "always", "THP defrag restored");
     assert_eq!(knob(SOMAXCONN), "256", "somaxconn restored");
     assert_eq!(knob(OVERCOMMIT), "0", "overcommit restored");
+
+    // --- The Helm chart on the same node (README "Helm quickstart"), once the kustomize install
+    // is gone: the node untuned and unmarked, `helm install` -> agent Ready, node tuned and
+    // marked; `helm uninstall`, `cleanup`, `restore` -> the node as before.
+    cluster.wait(
+        180,
+        "the kustomize install's Namespace and ClusterRole gone",
+        || {
+            (cluster.kubectl(&["get", "namespace", NS]).code != 0
+                && cluster
+                    .kubectl(&["get", "clusterrole", "redis-node-tuner"])
+                    .code
+                    != 0)
+                .then_some(())
+        },
+    );
+    cluster.ok(&["create", "namespace", NS]);
+    cluster.ok(&[
+        "label",
+        "namespace",
+        NS,
+        "pod-security.kubernetes.io/enforce=privileged",
+    ]);
+    // No kube-proxy on the test node: the agent reaches the apiserver on loopback (the same
+    // env as the kustomize overlays), added by a kustomize post-renderer, as a user would.
+    let post = cluster.work.path().join("helm-post-render.sh");
+    std::fs::write(
+        &post,
+        format!(
+            r#"#!/bin/sh
+set -eu
+d=$(mktemp -d)
+trap 'rm -rf "$d"' EXIT
+cat > "$d/all.yaml"
+cat > "$d/kustomization.yaml" <<'END'
+resources: [all.yaml]
+patches:
+  - target: {{kind: DaemonSet, name: redis-node-tuner}}
+    patch: |-
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {{name: KUBERNETES_SERVICE_HOST, value: "127.0.0.1"}}
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {{name: KUBERNETES_SERVICE_PORT, value: "{API_PORT}"}}
+END
+kubectl kustomize "$d"
+"#
+        ),
+    )
+    .expect("post-renderer");
+    std::fs::set_permissions(&post, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod post-renderer");
+    let chart = common::helm::chart();
+    let kubeconfig = [("KUBECONFIG", cluster.kubeconfig.as_path())];
+    let installed = Instant::now();
+    let install = common::helm::helm_env(
+        &[
+            "install",
+            "redis-node-tuner",
+            &chart.to_string_lossy(),
+            "--namespace",
+            NS,
+            "--set",
+            "image.repository=localhost/redis-node-tuner",
+            "--set",
+            "image.tag=real-node",
+            "--set",
+            "image.pullPolicy=Never",
+            "--post-renderer",
+            &post.to_string_lossy(),
+        ],
+        &kubeconfig,
+    );
+    assert_eq!(install.code, 0, "helm install: {install:?}");
+    eprintln!("helm install:\n{}", install.stdout);
+    let (helm_agent, _) = cluster.wait(120, "the Helm-installed agent Running and Ready", || {
+        cluster.ready_agent()
+    });
+    cluster.wait(
+        60,
+        "node labelled, untainted, RedisKernelTuned=True by the Helm-installed agent",
+        || cluster.node_marked_ready().then_some(()),
+    );
+    assert_host_tuned();
+    eprintln!(
+        "helm install -> agent Ready and node marked: {:.1}s",
+        installed.elapsed().as_secs_f64()
+    );
+    let pod = cluster
+        .pod(NS, &helm_agent)
+        .expect("the Helm-installed agent pod");
+    assert_eq!(
+        pod["metadata"]["labels"]["app.kubernetes.io/component"], "agent",
+        "{pod:#}"
+    );
+    let ds = cluster.json(&["daemonset", "-n", NS, "redis-node-tuner"]);
+    assert_eq!(
+        ds["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm",
+        "{ds:#}"
+    );
+    let uninstall = common::helm::helm_env(
+        &["uninstall", "redis-node-tuner", "--namespace", NS, "--wait"],
+        &kubeconfig,
+    );
+    assert_eq!(uninstall.code, 0, "helm uninstall: {uninstall:?}");
+    cluster.wait(60, "Helm-installed agent pods gone", || {
+        cluster
+            .pods(NS, "app.kubernetes.io/name=redis-node-tuner")
+            .is_empty()
+            .then_some(())
+    });
+    let cleanup = Out::of(
+        Command::new(BIN)
+            .args(["cleanup", "--node-name", NODE])
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .output()
+            .expect("redis-node-tuner cleanup"),
+    );
+    assert_eq!(cleanup.code, 0, "cleanup after helm uninstall: {cleanup:?}");
+    let n = cluster.node();
+    assert!(
+        n["metadata"]["labels"][LABEL].is_null()
+            && !taint_keys(&n).contains(&TAINT.to_string())
+            && node_condition(&n, COND).is_none(),
+        "marks left after helm uninstall and cleanup: {n:#}"
+    );
+    cluster.ok(&["delete", "namespace", NS, "--wait=false"]);
+    let restore = Out::of(
+        Command::new(BIN)
+            .arg("restore")
+            .env("REDIS_NODE_TUNER_STATE_DIR", "/var/lib/redis-node-tuner")
+            .output()
+            .expect("redis-node-tuner restore"),
+    );
+    assert_eq!(restore.code, 0, "restore after helm: {restore:?}");
+    assert_eq!(thp("enabled"), "always", "THP enabled restored after helm");
+    assert_eq!(knob(SOMAXCONN), "256", "somaxconn restored after helm");
+    assert_eq!(knob(OVERCOMMIT), "0", "overcommit restored after helm");
 
     // --- Tear-down after a SIGKILLed run: nothing of the test remains.
     sigkill_components();

@@ -3,6 +3,7 @@
 
 pub mod apiserver;
 pub mod deb;
+pub mod helm;
 pub mod host;
 
 use std::path::{Path, PathBuf};
