@@ -20,7 +20,7 @@ mkdir -p "$scratch/proxies" "$scratch/cargo/bin" "$scratch/go" "$scratch/cache"
 # The rustup proxies only (cargo, rustc, ... dispatch on their name): none of the cargo
 # subcommands installed in the usual home.
 rustup=$(command -v rustup)
-for t in cargo rustc rustdoc rustfmt cargo-fmt cargo-clippy clippy-driver; do
+for t in rustup cargo rustc rustdoc rustfmt cargo-fmt cargo-clippy clippy-driver; do
   ln -sf "$rustup" "$scratch/proxies/$t"
 done
 path=$(printf '%s' "$PATH" | tr ':' '\n' | grep -vx -e "$HOME/.cargo/bin" -e "$HOME/go/bin" | paste -sd:)
