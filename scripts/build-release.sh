@@ -20,8 +20,30 @@
 # RNT_CROSS_TARGET_DIR (cargo's target directory of the arm64 build, default
 # ~/.cache/redis-node-tuner/cargo-target-arm64).
 # Prints the dist directory as its last line.
+#
+#   scripts/build-release.sh --binaries-only   # only the static binaries (no .deb, SBOM, image)
+#
+# While scripts/test.sh builds the release tools in the background (scripts/release-tools.sh
+# build), it holds ~/.cache/redis-node-tuner/release-tools.lock; this script waits for it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+binaries_only=0
+case "${1:-}" in
+  "") ;;
+  --binaries-only) binaries_only=1 ;;
+  *) echo "usage: $0 [--binaries-only]" >&2; exit 2 ;;
+esac
+if [[ ${RNT_RELEASE_TOOLS_LOCK_HELD:-0} != 1 ]]; then
+  lock=${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/redis-node-tuner/release-tools.lock
+  mkdir -p "$(dirname "$lock")"
+  exec 9>"$lock"
+  if ! flock -s -n 9; then
+    echo "build-release.sh: waiting for the release tools (scripts/release-tools.sh build)" >&2
+    flock -s 9
+  fi
+  exec 9>&- # a barrier only: nothing this script starts keeps the lock
+fi
 
 arches=${ARCHES:-amd64 arm64}
 cargo=${CARGO:-cargo}
@@ -59,6 +81,7 @@ for arch in $arches; do
     --bin redis-node-tuner >&2
   bin=$tdir/$t/release/redis-node-tuner
   cp -f "$bin" "$dist/redis-node-tuner-$version-$arch"
+  [[ $binaries_only == 1 ]] && continue
 
   # The .deb of this very binary (no second build).
   CARGO_TARGET_DIR=$tdir "$cargo" deb --target "$t" --no-build --no-strip --output "$dist/redis-node-tuner_${version}-1_${arch}.deb" >&2
