@@ -52,12 +52,49 @@ impl ApiServer {
         s
     }
 
+    /// Starts the apiserver on `self.dir` and waits for READY. The wrapper picks its free
+    /// ports by binding port 0 and releasing it, so another process (the parallel tests'
+    /// apiservers and their clients' outgoing connections) can take one before etcd or the
+    /// apiserver binds it: such an early exit ("address already in use") is retried.
     fn spawn(&mut self) {
+        const ATTEMPTS: u32 = 5;
+        for attempt in 1..=ATTEMPTS {
+            match self.try_spawn() {
+                Ok(url) => {
+                    self.port = url
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .expect("port in URL");
+                    self.url = url;
+                    return;
+                }
+                Err(log) if attempt < ATTEMPTS && log.contains("address already in use") => {
+                    eprintln!("test apiserver: a port was taken before it bound it; again");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(log) => {
+                    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    panic!(
+                        "test apiserver not ready (attempt {attempt}); the end of its log:\n{}",
+                        tail.join("\n")
+                    )
+                }
+            }
+        }
+    }
+
+    /// One start: the READY URL, or the log of this start when it exited or hung.
+    fn try_spawn(&mut self) -> Result<String, String> {
         let _ = std::fs::remove_file(self.dir.path().join("ready"));
+        let log_path = self.dir.path().join("apiserver.log");
+        // The log is appended across restarts of the same DIR; this start's part is reported.
+        let from = std::fs::metadata(&log_path).map_or(0, |m| m.len() as usize);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("apiserver.log"))
+            .open(&log_path)
             .expect("log file");
         let mut child = Command::new(binary())
             .arg("-dir")
@@ -77,21 +114,18 @@ impl ApiServer {
                 }
             }
         });
-        self.child = Some(child);
-        let url = rx
-            .recv_timeout(Duration::from_secs(180))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "test apiserver not ready; log: {}",
-                    self.dir.path().join("apiserver.log").display()
-                )
-            });
-        self.port = url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port in URL");
-        self.url = url;
+        match rx.recv_timeout(Duration::from_secs(180)) {
+            Ok(url) => {
+                self.child = Some(child);
+                Ok(url)
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let all = std::fs::read(&log_path).unwrap_or_default();
+                Err(String::from_utf8_lossy(all.get(from..).unwrap_or_default()).into_owned())
+            }
+        }
     }
 
     /// SIGTERM, and wait for the exit: an API outage.
