@@ -22,20 +22,13 @@
 # lock (see scripts/build-release.sh, which waits for it), with RNT_RELEASE_TOOLS_LOCK_HELD=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/apt-lib.sh
 
 prepare() {
   local need=()
   command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
   command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
-  if [ ${#need[@]} -gt 0 ]; then
-    if [ "$(id -u)" -ne 0 ]; then
-      echo "missing ${need[*]}: run as root, or install them first" >&2
-      exit 1
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  fi
+  apt_install ${need[@]+"${need[@]}"}
   for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
     rustup target list --installed | grep -qx "$t" || rustup target add "$t"
   done

@@ -5,6 +5,7 @@
 # this machine's vm.overcommit_memory and transparent hugepage settings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/apt-lib.sh
 # Each step's wall time goes to stderr (the cold/warm budget of CI: README, "Tests").
 phase() { local t=$SECONDS; "$@"; echo "test.sh: $* took $((SECONDS - t)) s (total $SECONDS s)" >&2; }
 
@@ -23,15 +24,7 @@ command -v clang >/dev/null || need+=(clang)
 command -v llvm-strip >/dev/null || need+=(llvm)
 [ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 command -v sysctl >/dev/null || need+=(procps)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "missing ${need[*]}: run as root, or install them first" >&2
-    exit 1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+apt_install ${need[@]+"${need[@]}"}
 # Debian's package may start a Redis on 6379; the tests start their own in namespaces.
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # The container image and the .deb package the static musl binary.

@@ -6,6 +6,7 @@
 #   (its binaries go into the Redis image).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/../../scripts/apt-lib.sh"
 need=()
 command -v containerd >/dev/null || need+=(containerd)
 command -v runc >/dev/null || need+=(runc)
@@ -14,13 +15,8 @@ command -v iptables >/dev/null || need+=(iptables)
 command -v podman >/dev/null || need+=(podman buildah)
 command -v musl-gcc >/dev/null || need+=(musl-tools)
 command -v redis-server >/dev/null || need+=(redis-server)
-if [ ${#need[@]} -gt 0 ]; then
-  [ "$(id -u)" -eq 0 ] || { echo "setup.sh: missing ${need[*]}: run as root" >&2; exit 1; }
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  # policy-rc.d or not: the packaged containerd service is not used (up.sh runs its own).
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+# policy-rc.d or not: the packaged containerd service is not used (up.sh runs its own).
+apt_install ${need[@]+"${need[@]}"}
 start=$SECONDS
 bash "$here/build.sh" >/dev/null
 echo "setup.sh: node components ready ($((SECONDS - start))s)" >&2

@@ -24,6 +24,7 @@ KEY=$(printf '%s\n' "debootstrap --variant=minbase" "$SUITE" "$MIRROR" "$PACKAGE
 TAR=$CACHE/systemd-boot-rootfs-$KEY.tar
 
 die() { echo "node.sh: $*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/apt-lib.sh"
 # Path of /proc/sys/... knobs the container's early boot sets to a fresh, untuned kernel's values.
 THP=/sys/kernel/mm/transparent_hugepage
 
@@ -32,11 +33,7 @@ setup() {
   command -v debootstrap >/dev/null || need+=(debootstrap)
   command -v systemd-nspawn >/dev/null || need+=(systemd-container)
   command -v nsenter >/dev/null || need+=(util-linux)
-  [ ${#need[@]} -eq 0 ] && return 0
-  [ "$(id -u)" -eq 0 ] || die "missing ${need[*]}: run as root"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  apt_install ${need[@]+"${need[@]}"}
 }
 
 pristine() {
