@@ -74,11 +74,10 @@ impl ApiServer {
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 Err(log) => {
-                    let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    let lines: Vec<&str> = log.lines().collect();
                     panic!(
                         "test apiserver not ready (attempt {attempt}); the end of its log:\n{}",
-                        tail.join("\n")
+                        lines[lines.len().saturating_sub(40)..].join("\n")
                     )
                 }
             }
