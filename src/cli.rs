@@ -10,45 +10,19 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::agent::{Agent, JournalSlot};
 use crate::commands::{apply, check, dry_run, journal_failed, restore};
-use crate::daemon::{DaemonError, KubeMode, WatchOptions};
+use crate::daemon::{DaemonError, KubeMode, LockUnavailable, WatchOptions};
+pub use crate::exit::{Exit, Output};
 use crate::journal::{self, Journal, JournalError, StateLock};
 use crate::k8s::GateError;
 use crate::kernel::HostFs;
 use crate::metrics::Metrics;
 use crate::profile::{self, Profile};
 
-/// Exit codes (documented in the README).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Exit {
-    /// Ready / done.
-    Ok = 0,
-    /// Drift (check, apply --dry-run), or something could not be set or restored.
-    NotReady = 1,
-    /// Bad usage, flag or config file; nothing was written.
-    Usage = 2,
-    /// An enforce-mode knob could not be read (check).
-    Unreadable = 3,
-    /// The state journal is corrupt or unreadable; nothing was written.
-    Journal = 4,
-    /// The daemon could not start (listen address, signals, runtime).
-    Runtime = 5,
-    /// The state directory is locked by another process; nothing was written.
-    Locked = 6,
-    /// A critical task of the daemon (the Kubernetes gate) died while it ran.
-    TaskDied = 7,
-}
-
-impl From<Exit> for ExitCode {
-    fn from(e: Exit) -> ExitCode {
-        ExitCode::from(e as u8)
-    }
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Output {
-    Text,
-    Json,
+/// `--lock-unavailable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LockPolicy {
+    Run,
+    Exit,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -190,10 +164,19 @@ pub enum Command {
         /// the agent is in a cgroup namespace).
         #[arg(long, env = "REDIS_NODE_TUNER_CGROUP_ROOT")]
         cgroup_root: Option<PathBuf>,
+        /// With writers lock: what to do when the kernel will not refuse writes (the sysctl
+        /// program cannot load): run without the lock (saying so on the node, the metric and an
+        /// event), or exit 8.
+        #[arg(long, env = "REDIS_NODE_TUNER_LOCK_UNAVAILABLE", value_enum, default_value_t = LockPolicy::Run)]
+        lock_unavailable: LockPolicy,
     },
     /// Remove the agent's label, taint and condition from a Node (for uninstall).
     Cleanup,
 }
+
+/// The break-glass file in the state directory: while it exists, `writers: lock` refuses
+/// nothing (`touch` it on the node; remove it to lock again).
+pub const UNLOCK_FILE: &str = "unlock";
 
 fn env_fallback(v: &Option<String>, var: &str) -> Option<String> {
     v.clone()
@@ -358,7 +341,7 @@ pub fn run_cli(cli: Cli) -> Exit {
         writers: Some(w), ..
     } = &cli.command
     {
-        match crate::writers::WritersMode::parse(w) {
+        match crate::profile::WritersMode::parse(w) {
             Some(m) => {
                 profile.writers = m;
                 profile.writers_explicit = true;
@@ -403,12 +386,18 @@ pub fn run_cli(cli: Cli) -> Exit {
         Command::Run {
             listen,
             cgroup_root,
+            lock_unavailable,
             ..
         } => {
             let watch = WatchOptions {
                 mode: profile.writers,
                 cgroup_root: cgroup_root.clone(),
                 explicit: profile.writers_explicit,
+                lock_unavailable: match lock_unavailable {
+                    LockPolicy::Run => LockUnavailable::Run,
+                    LockPolicy::Exit => LockUnavailable::Exit,
+                },
+                unlock_file: Some(cli.state_dir.join(UNLOCK_FILE)),
             };
             // Held for the life of the daemon: no apply, restore or second run meanwhile.
             let _lock = match StateLock::acquire(&cli.state_dir) {
@@ -495,6 +484,7 @@ fn daemon(agent: Agent, listen: &str, kube: Option<KubeMode>, watch: WatchOption
                 DaemonError::Listen { .. } | DaemonError::Start(_) => Exit::Runtime,
                 DaemonError::Gate(_) => Exit::Usage,
                 DaemonError::TaskDied(_) => Exit::TaskDied,
+                DaemonError::LockUnavailable(_) => Exit::LockUnavailable,
             }
         }
     }

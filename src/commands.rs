@@ -6,9 +6,9 @@ use std::io::Write;
 use std::time::Instant;
 
 use crate::agent::{Agent, Event, Report};
-use crate::cli::{Exit, Output};
+use crate::exit::{Exit, Output};
 use crate::journal::{self, Journal, JournalError};
-use crate::kernel::{HostFs, Target};
+use crate::kernel::{HostFs, KnobFile};
 
 /// A journal that cannot be used by `apply`/`restore`/`run`: exit 6 when another process holds
 /// it, else 4.
@@ -213,7 +213,7 @@ pub(crate) fn restore(fs: &HostFs, state_dir: &std::path::Path, boot_id: Option<
                 original.value
             );
         }
-        let mut t = Target::for_restore(knob, original.location.clone());
+        let mut t = KnobFile::for_restore(knob, original.location.clone());
         match fs.write(&mut t, &original.value) {
             Ok(r) if r.value == original.value => println!("restored {knob}: {}", original.value),
             Ok(r) => {

@@ -12,10 +12,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
 use crate::agent::{Agent, Event, Report};
+use crate::foreign::{Inbox, Port};
 use crate::http::{self, Health};
 use crate::k8s::{self, GateError, GateOptions};
 use crate::metrics::Metrics;
-use crate::writers::{self, Pending, WritersMode};
+use crate::profile::WritersMode;
+use crate::writers::{self, Unavailable};
 
 /// Events buffered for the gate; past that they are dropped with a log line.
 const EVENT_BUFFER: usize = 1024;
@@ -36,6 +38,9 @@ pub enum DaemonError {
     /// A critical task ended while the daemon ran.
     #[error("{0}")]
     TaskDied(String),
+    /// `writers: lock` could not be put in force and `--lock-unavailable exit` was asked for.
+    #[error("writers: lock is not in force ({0}) and --lock-unavailable is exit")]
+    LockUnavailable(Unavailable),
 }
 
 /// Kubernetes mode of `run`.
@@ -52,6 +57,20 @@ pub struct WatchOptions {
     pub cgroup_root: Option<PathBuf>,
     /// Asked for by `--writers` or `writers:` (not the default): unavailability is a warning.
     pub explicit: bool,
+    /// What to do when `lock` cannot be put in force.
+    pub lock_unavailable: LockUnavailable,
+    /// The break-glass file: while it exists, `lock` refuses nothing.
+    pub unlock_file: Option<PathBuf>,
+}
+
+/// `--lock-unavailable`: what `run --writers lock` does when the kernel will not refuse writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LockUnavailable {
+    /// Run without the lock: correct foreign writes, say why on the node, the metric, an event.
+    #[default]
+    Run,
+    /// Refuse to start (exit 8).
+    Exit,
 }
 
 /// Messages to the enforce thread.
@@ -72,13 +91,76 @@ struct Outputs {
     events: Option<mpsc::Sender<Event>>,
 }
 
-/// The enforce loop: a pass every interval (a long pass delays the next, never piles up),
-/// until [`Control::Stop`] or the sender is gone.
+/// The watchers as the enforce thread holds them: their inbox, the running watch (dropped
+/// with the thread), and what it last reported of them.
+struct Watchers {
+    inbox: Arc<Inbox>,
+    watch: Option<writers::Watch>,
+    status: writers::Status,
+}
+
+impl Watchers {
+    /// Reads the watch's health before a pass: a stopped watch or a lost lock goes to the
+    /// metrics and, for the lock, to the agent's report; losses are counted.
+    fn before_pass(&mut self, agent: &mut Agent, metrics: &Metrics) {
+        let Some(w) = &self.watch else { return };
+        let (lost, overflows) = w.health.take_lost();
+        metrics.writer_losses(lost, overflows, self.inbox.take_dropped());
+        let mut status = self.status.clone();
+        if w.health.stopped() {
+            let u = Unavailable {
+                reason: "stopped",
+                message: "the watch thread ended".into(),
+            };
+            for r in [
+                &mut status.inotify,
+                &mut status.fanotify,
+                &mut status.sysctl,
+            ] {
+                if r.is_ok() {
+                    *r = Err(u.clone());
+                }
+            }
+        }
+        if let Some(lock) = &mut status.lock
+            && lock.is_ok()
+        {
+            let lost = if status.sysctl.is_err() {
+                Some("stopped")
+            } else {
+                w.health.lock_lost()
+            };
+            if let Some(reason) = lost {
+                *lock = Err(Unavailable {
+                    reason,
+                    message: String::new(),
+                });
+            }
+        }
+        if status != self.status {
+            metrics.writer_watch(&status);
+            agent.set_lock_missing(lock_missing(&status));
+            self.status = status;
+        }
+    }
+}
+
+/// Why `writers: lock` is not in force, if it was asked for and is not.
+fn lock_missing(status: &writers::Status) -> Option<String> {
+    match &status.lock {
+        Some(Err(u)) => Some(u.reason.to_string()),
+        _ => None,
+    }
+}
+
+/// The enforce loop: a pass every interval (a long pass delays the next, never piles up), at
+/// once when a watcher posts a write, until [`Control::Stop`] or the sender is gone.
 fn enforce_loop(
     mut agent: Agent,
     metrics: Arc<Metrics>,
     out: Outputs,
     ctl: std_mpsc::Receiver<Control>,
+    mut watchers: Watchers,
 ) {
     let interval = agent.interval();
     let mut was_ready: Option<bool> = None;
@@ -95,6 +177,9 @@ fn enforce_loop(
                 Ok(Control::HostNetwork(proof)) => {
                     tracing::info!(proof = %proof, "host network namespace proven");
                     agent.fs_mut().assert_host_netns(proof);
+                    if let (Some(w), Some(ino)) = (&watchers.watch, agent.fs().net_ns_ino()) {
+                        w.host_network(ino);
+                    }
                     next = Instant::now();
                 }
                 Ok(Control::Wake) => next = Instant::now(),
@@ -103,13 +188,15 @@ fn enforce_loop(
             }
         }
         let start = Instant::now();
+        watchers.inbox.rearm();
+        watchers.before_pass(&mut agent, &metrics);
         let (report, events) = agent.reconcile(start);
         next = (start + interval).max(Instant::now());
         if agent.has_pending() {
             next = next.min(Instant::now() + PENDING_RETRY);
         }
-        for (knob, writer, action) in agent.take_foreign_outcomes() {
-            metrics.foreign_write(&knob, &writer, action);
+        for o in agent.take_foreign_outcomes() {
+            metrics.foreign_write(&o);
         }
         if last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &report)) {
             // Steady state: the same report; only the pass's duration is new.
@@ -155,13 +242,18 @@ struct Enforcer {
 }
 
 impl Enforcer {
-    fn spawn(agent: Agent, metrics: Arc<Metrics>, out: Outputs) -> std::io::Result<Enforcer> {
-        let (ctl, rx) = std_mpsc::channel();
+    fn spawn(
+        agent: Agent,
+        metrics: Arc<Metrics>,
+        out: Outputs,
+        (ctl, rx): (std_mpsc::Sender<Control>, std_mpsc::Receiver<Control>),
+        watchers: Watchers,
+    ) -> std::io::Result<Enforcer> {
         let (done_tx, done) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("enforce".into())
             .spawn(move || {
-                enforce_loop(agent, metrics, out, rx);
+                enforce_loop(agent, metrics, out, rx, watchers);
                 let _ = done_tx.send(());
             })?;
         Ok(Enforcer {
@@ -223,7 +315,6 @@ pub async fn run(
         gate_parts = Some((prepared, ev_rx));
     }
     let gate_inputs_reports = out.reports.subscribe();
-    let watch_reports = out.reports.subscribe();
     let interval = agent.interval();
     tracing::info!(
         interval_ms = interval.as_millis() as u64,
@@ -232,22 +323,36 @@ pub async fn run(
     );
     let watch_cfg = writers::WatchConfig::new(
         watch_opts.mode,
-        watch_opts.cgroup_root,
+        watch_opts.cgroup_root.clone(),
         agent.fs().net_ns_ino(),
         agent.watched_knobs(),
+        watch_opts.unlock_file.clone(),
     );
-    let pending = Arc::new(Pending::new(watch_cfg.knobs.len()));
-    agent.attach_pending(pending.clone());
-    let mut enforcer = Enforcer::spawn(agent, metrics.clone(), out).map_err(DaemonError::Start)?;
-    let _watch = start_watch(
-        watch_cfg,
-        watch_opts.explicit,
-        &metrics,
-        pending,
-        &enforcer,
-        watch_reports,
-        interval,
+    let inbox = Arc::new(Inbox::new(watch_cfg.knobs.len()));
+    agent.attach_inbox(inbox.clone());
+    let (ctl, ctl_rx) = std_mpsc::channel();
+    let wake = ctl.clone();
+    let port = Port::new(
+        inbox.clone(),
+        Box::new(move || {
+            let _ = wake.send(Control::Wake);
+        }),
     );
+    let (watch, status) = writers::start(watch_cfg, port);
+    report_watch(&status, &watch_opts, &metrics, interval);
+    if watch_opts.lock_unavailable == LockUnavailable::Exit
+        && let Some(Err(u)) = &status.lock
+    {
+        return Err(DaemonError::LockUnavailable(u.clone()));
+    }
+    agent.set_lock_missing(lock_missing(&status));
+    let watchers = Watchers {
+        inbox,
+        watch,
+        status,
+    };
+    let mut enforcer = Enforcer::spawn(agent, metrics.clone(), out, (ctl, ctl_rx), watchers)
+        .map_err(DaemonError::Start)?;
     let gate = gate_parts.map(|(prepared, events)| {
         let ctl = enforcer.ctl.clone();
         let inputs = k8s::GateInputs {
@@ -270,50 +375,45 @@ pub async fn run(
     result
 }
 
-/// Starts the writer watch, or meters and logs why it does not run.
-fn start_watch(
-    cfg: writers::WatchConfig,
-    explicit: bool,
-    metrics: &Arc<Metrics>,
-    pending: Arc<Pending>,
-    enforcer: &Enforcer,
-    reports: watch::Receiver<Option<Arc<Report>>>,
+/// Meters and logs which watchers run, and why the others do not.
+fn report_watch(
+    status: &writers::Status,
+    opts: &WatchOptions,
+    metrics: &Metrics,
     interval: Duration,
-) -> Option<writers::Watch> {
-    let mode = cfg.mode.as_str();
-    let ctl = enforcer.ctl.clone();
-    let sink = writers::Sink {
-        metrics: metrics.clone(),
-        pending,
-        wake: Box::new(move || {
-            let _ = ctl.send(Control::Wake);
-        }),
-        reports,
-    };
-    match writers::start(cfg, sink) {
-        Ok(w) => {
-            tracing::info!(
-                mode,
-                "writer watch active: foreign writes are named and corrected at once"
-            );
-            metrics.writer_watch(mode, "active", true);
-            Some(w)
-        }
-        Err(u) => {
-            let poll_ms = interval.as_millis() as u64;
-            if u.reason == "off" {
-                tracing::info!(poll_ms, "writer watch off: drift is found by the poll");
-            } else if !explicit && matches!(u.reason, "permission" | "fake_root") {
-                // The default (observe) on an agent installed without the watch's privileges.
-                tracing::info!(reason = u.reason, detail = %u.message, poll_ms,
-                    "writer watch unavailable: drift is found by the poll, writers are not named");
-            } else {
-                tracing::warn!(reason = u.reason, detail = %u.message, poll_ms,
-                    "writer watch unavailable: drift is found by the poll, writers are not named");
+) {
+    metrics.writer_watch(status);
+    let mode = status.mode.as_str();
+    let poll_ms = interval.as_millis() as u64;
+    if status.mode == WritersMode::Off {
+        tracing::info!(poll_ms, "writer watch off: drift is found by the poll");
+        return;
+    }
+    for (source, r) in status.sources() {
+        match r {
+            Ok(()) => tracing::info!(mode, source, "writer watch active"),
+            // The default (observe) without a watcher's privileges, or nothing of the kind
+            // to watch: the ordinary case of the base install.
+            Err(u)
+                if !opts.explicit
+                    || matches!(u.reason, "permission" | "fake_root" | "not_requested") =>
+            {
+                tracing::info!(mode, source, reason = u.reason, detail = %u.message,
+                    "writer watch unavailable")
             }
-            metrics.writer_watch(mode, u.reason, false);
-            None
+            Err(u) => tracing::warn!(mode, source, reason = u.reason, detail = %u.message,
+                "writer watch unavailable"),
         }
+    }
+    if status.inotify.is_err() && status.fanotify.is_err() && status.sysctl.is_err() {
+        tracing::warn!(
+            poll_ms,
+            "no writer watch runs: drift is found by the poll only, writers are not named"
+        );
+    }
+    if let Some(Err(u)) = &status.lock {
+        tracing::error!(reason = u.reason, detail = %u.message, lock_unavailable = ?opts.lock_unavailable,
+            "writers lock requested but not in force: foreign writes are corrected, not refused");
     }
 }
 

@@ -21,6 +21,8 @@ pub mod backoff;
 pub mod cli;
 pub mod commands;
 pub mod daemon;
+pub mod exit;
+pub mod foreign;
 pub mod http;
 pub mod journal;
 pub mod k8s;

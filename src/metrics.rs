@@ -46,6 +46,13 @@ pub struct ForeignWriteLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WatchLabels {
     pub mode: &'static str,
+    /// `inotify`, `fanotify` or `sysctl`.
+    pub source: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
@@ -79,6 +86,9 @@ pub struct Metrics {
     writer_names: std::sync::Mutex<std::collections::HashSet<String>>,
     watch_active: Family<WatchLabels, Gauge>,
     watch_lost: Counter,
+    watch_overflows: Counter,
+    writes_dropped: Counter,
+    lock_active: Family<ReasonLabel, Gauge>,
     /// 1 while the Kubernetes API answers, 0 during an outage (Kubernetes mode only: no labels,
     /// created on first use).
     pub kube_api_reachable: Family<Vec<(String, String)>, Gauge>,
@@ -124,6 +134,9 @@ impl Metrics {
             writer_names: Default::default(),
             watch_active: Family::default(),
             watch_lost: Counter::default(),
+            watch_overflows: Counter::default(),
+            writes_dropped: Counter::default(),
+            lock_active: Family::default(),
             kube_api_reachable: Family::default(),
             kube_api_outages: Counter::default(),
             initialized: AtomicBool::new(false),
@@ -191,13 +204,28 @@ impl Metrics {
         );
         registry.register(
             "writer_watch_active",
-            "1 while the writer watch runs; 0 with the reason it does not (off, permission, no_btf, ...)",
+            "1 per watcher (source: inotify, fanotify, sysctl) that runs; 0 with the reason it does not (off, permission, no_btf, ...)",
             m.watch_active.clone(),
         );
         registry.register(
             "writer_watch_events_lost",
-            "Writer-watch events the kernel dropped because the ring buffer was full (the poll still corrects)",
+            "Sysctl-watcher events the kernel dropped because the ring buffer was full (the pass still corrects)",
             m.watch_lost.clone(),
+        );
+        registry.register(
+            "writer_watch_overflows",
+            "Times the inotify queue overflowed (a full pass was run instead)",
+            m.watch_overflows.clone(),
+        );
+        registry.register(
+            "foreign_writes_dropped",
+            "Named foreign writes not kept between two passes (more than 16 writers of one knob); each still wakes a pass",
+            m.writes_dropped.clone(),
+        );
+        registry.register(
+            "writer_lock_active",
+            "writers: lock only: 1 while the kernel refuses writes that would leave the profile, 0 with the reason it does not",
+            m.lock_active.clone(),
         );
         registry.register(
             "kube_api_reachable",
@@ -221,35 +249,53 @@ impl Metrics {
     }
 
     /// Counts one foreign write to `setting` by the process named `writer`.
-    pub fn foreign_write(&self, setting: &str, writer: &str, action: crate::writers::WriteAction) {
+    pub fn foreign_write(&self, o: &crate::agent::Outcome) {
         let writer = {
             let mut names = self.writer_names.lock().unwrap_or_else(|p| p.into_inner());
-            if names.contains(writer) || names.len() < WRITER_NAMES_MAX {
-                names.insert(writer.to_string());
-                writer.to_string()
+            if names.contains(&o.writer) || names.len() < WRITER_NAMES_MAX {
+                names.insert(o.writer.clone());
+                o.writer.clone()
             } else {
                 "other".to_string()
             }
         };
         self.foreign_writes
             .get_or_create(&ForeignWriteLabels {
-                setting: setting.to_string(),
+                setting: o.knob.clone(),
                 writer,
-                action: action.as_str(),
+                action: o.action.as_str(),
             })
-            .inc();
+            .inc_by(o.count);
     }
 
-    /// The writer watch's state: running (`reason` = `active`), or why not.
-    pub fn writer_watch(&self, mode: &'static str, reason: &'static str, active: bool) {
+    /// Each watcher's state: running (`reason` = `active`), or why not; and the lock's.
+    pub fn writer_watch(&self, status: &crate::writers::Status) {
+        let mode = status.mode.as_str();
         self.watch_active.clear();
-        self.watch_active
-            .get_or_create(&WatchLabels { mode, reason })
-            .set(i64::from(active));
+        for (source, r) in status.sources() {
+            let reason = r.as_ref().err().map_or("active", |u| u.reason);
+            self.watch_active
+                .get_or_create(&WatchLabels {
+                    mode,
+                    source,
+                    reason,
+                })
+                .set(i64::from(r.is_ok()));
+        }
+        self.lock_active.clear();
+        if let Some(lock) = &status.lock {
+            let reason = lock.as_ref().err().map_or("active", |u| u.reason);
+            self.lock_active
+                .get_or_create(&ReasonLabel { reason })
+                .set(i64::from(lock.is_ok()));
+        }
     }
 
-    pub fn writer_events_lost(&self, n: u64) {
-        self.watch_lost.inc_by(n);
+    /// Sysctl events lost, VFS queue overflows, named writes dropped from the inbox.
+    pub fn writer_losses(&self, lost: u64, overflows: u64, dropped: u64) {
+        self.watch_lost.inc_by(lost);
+        self.watch_overflows.inc_by(overflows);
+        self.writes_dropped.inc_by(dropped);
     }
 
     /// Records the duration of a pass whose report did not change.
@@ -318,7 +364,7 @@ impl Metrics {
                         })
                         .inc();
                 }
-                Event::ReadFailed { .. } | Event::Contested { .. } => {}
+                Event::ReadFailed { .. } | Event::Contested { .. } | Event::Lock { .. } => {}
             }
         }
     }

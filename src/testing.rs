@@ -8,8 +8,9 @@
 
 use std::path::PathBuf;
 
-use crate::kernel::{HostFs, Target};
+use crate::kernel::{HostFs, KnobFile};
 use crate::profile::Profile;
+use crate::reconcile::{Target, resolve};
 
 /// `vm.overcommit_memory`, relative to a [`FakeTree`].
 pub const OVERCOMMIT: &str = "proc/sys/vm/overcommit_memory";
@@ -105,14 +106,24 @@ impl FakeTree {
     /// [`FakeTree::fs`] and the built-in profile resolved on it.
     pub fn default_targets(&self) -> (HostFs, Vec<Target>) {
         let fs = self.fs();
-        let ts = fs.resolve(&Profile::default());
+        let ts = resolve(&fs, &Profile::default());
         (fs, ts)
     }
+}
+
+/// The built-in profile resolved on `fs`.
+pub fn resolve_default(fs: &HostFs) -> Vec<Target> {
+    resolve(fs, &Profile::default())
 }
 
 /// The target of this name (panics when there is none).
 pub fn target<'a>(ts: &'a mut [Target], name: &str) -> &'a mut Target {
     ts.iter_mut()
-        .find(|t| t.name == name)
+        .find(|t| t.name() == name)
         .unwrap_or_else(|| panic!("no target {name}"))
+}
+
+/// The file of the target of this name (panics when there is none).
+pub fn file<'a>(ts: &'a mut [Target], name: &str) -> &'a mut KnobFile {
+    &mut target(ts, name).file
 }

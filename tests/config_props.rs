@@ -359,24 +359,24 @@ fn drifted(d: &Desired) -> Option<String> {
 fn check_accepted(yaml: &str, p: &Profile) -> Result<(), TestCaseError> {
     let tree = Tree::untuned();
     let fs = HostFs::new(tree.path("proc"), tree.path("sys"));
-    let targets = fs.resolve(p);
+    let targets = redis_node_tuner::reconcile::resolve(&fs, p);
     let mut before = vec![];
     for t in &targets {
         for v in desired_values(&t.desired) {
-            if let Err(e) = valid_for(&t.location, &v) {
+            if let Err(e) = valid_for(t.location(), &v) {
                 return Err(TestCaseError::fail(format!(
                     "accepted config gives {} the desired value {v:?}: {e}\n{yaml}",
-                    t.name
+                    t.name()
                 )));
             }
         }
-        let rel = match t.location.root {
-            Root::Proc => format!("proc/{}", t.location.rel),
-            Root::Sys => format!("sys/{}", t.location.rel),
+        let rel = match t.location().root {
+            Root::Proc => format!("proc/{}", t.location().rel),
+            Root::Sys => format!("sys/{}", t.location().rel),
         };
         let content = drifted(&t.desired).unwrap_or_else(|| "0".into());
         tree.put(&rel, &format!("{content}\n"));
-        before.push((t.name.clone(), t.location.clone(), rel, content));
+        before.push((t.name().to_string(), t.location().clone(), rel, content));
     }
     drop(targets);
     let journal = Journal::load(&tree.state_dir()).expect("journal");

@@ -193,8 +193,8 @@ fn a_foreign_proc_root_makes_the_agent_enter_pid1s_network_namespace() {
     // The kernel's EINVAL comes back as a clear error naming knob and file; value unchanged.
     let mut fs = HostFs::new(&root, "/sys");
     let profile = Profile::from_yaml(&read(Path::new(&cfg))).expect("profile");
-    let mut targets = fs.resolve(&profile);
-    let e = fs.write(&mut targets[0], "-1").expect_err("EINVAL");
+    let mut targets = redis_node_tuner::reconcile::resolve(&fs, &profile);
+    let e = fs.write(&mut targets[0].file, "-1").expect_err("EINVAL");
     assert_eq!(e.kind(), "invalid", "{e}");
     assert!(
         e.to_string().contains("net.core.somaxconn")

@@ -58,6 +58,18 @@ pub fn event_for(e: &Event) -> KEvent {
                 ),
             },
         ),
+        Event::Lock { reason: Some(r) } => (
+            EventType::Warning,
+            "LockUnavailable",
+            format!(
+                "writers: lock is not in force ({r}): foreign writes are corrected, not refused"
+            ),
+        ),
+        Event::Lock { reason: None } => (
+            EventType::Normal,
+            "LockActive",
+            "writers: lock is in force: writes that would leave the profile are refused".into(),
+        ),
     };
     KEvent {
         type_,
@@ -69,7 +81,7 @@ pub fn event_for(e: &Event) -> KEvent {
 }
 
 /// `; written by <writer>`, when the writer watch named it.
-fn written_by(w: &Option<std::sync::Arc<crate::writers::Writer>>) -> String {
+fn written_by(w: &Option<std::sync::Arc<crate::foreign::Writer>>) -> String {
     w.as_ref()
         .map(|w| format!("; written by {w}"))
         .unwrap_or_default()
@@ -339,7 +351,7 @@ mod tests {
 
     #[test]
     fn drift_and_contested_notes_name_the_writer_when_known() {
-        let w = std::sync::Arc::new(crate::writers::Writer {
+        let w = std::sync::Arc::new(crate::foreign::Writer {
             pid: 4242,
             tid: 4242,
             comm: "tuned".into(),

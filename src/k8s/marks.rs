@@ -22,6 +22,8 @@ pub enum Reason {
     Contested,
     /// An enforce-mode setting is out of sync and could not be corrected (or read).
     CorrectionFailed,
+    /// Every setting is in sync, but `writers: lock` was asked for and is not in force.
+    LockUnavailable,
     /// The agent stopped (SIGTERM).
     AgentStopped,
 }
@@ -33,6 +35,7 @@ impl Reason {
             Reason::AuditDrift => "AuditDrift",
             Reason::Contested => "Contested",
             Reason::CorrectionFailed => "CorrectionFailed",
+            Reason::LockUnavailable => "LockUnavailable",
             Reason::AgentStopped => "AgentStopped",
         }
     }
@@ -86,6 +89,14 @@ pub fn desired_marks(report: &Report) -> Marks {
             format!(
                 "in sync, but rewritten by something else on every pass and corrected: {}",
                 contested.join(", ")
+            ),
+        )
+    } else if let Some(why) = &report.lock_missing {
+        (
+            Reason::LockUnavailable,
+            format!(
+                "every enforce-mode kernel setting is in sync; writers: lock is not in force \
+                 ({why}): foreign writes are corrected, not refused"
             ),
         )
     } else {
@@ -328,6 +339,7 @@ pub(crate) mod tests {
             ready,
             netns: String::new(),
             settings,
+            lock_missing: None,
         }
     }
 

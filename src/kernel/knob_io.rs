@@ -5,8 +5,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::target::parse;
-use super::{HostFs, KernelError, Reading, Root, Target};
+use super::file::parse;
+use super::{HostFs, KernelError, KnobFile, Reading, Root};
 
 pub(super) fn open_file(path: &Path, write: bool) -> io::Result<File> {
     if write {
@@ -20,7 +20,7 @@ pub(super) fn open_file(path: &Path, write: bool) -> io::Result<File> {
 impl HostFs {
     /// Reads a knob: through its kept descriptor (opened on first use), `Ok(None)` when the
     /// knob does not apply to this kernel (no THP).
-    pub fn read(&self, t: &mut Target) -> Result<Option<Reading>, KernelError> {
+    pub fn read(&self, t: &mut KnobFile) -> Result<Option<Reading>, KernelError> {
         if t.not_applicable {
             return Ok(None);
         }
@@ -71,7 +71,7 @@ impl HostFs {
     /// buffer, nothing allocated. `false` when it cannot tell (no kept descriptor, an error): the
     /// caller then reads it in full. A knob whose result does not depend on the file (not
     /// applicable, or `net.*` in an unverified namespace) is unchanged.
-    pub fn unchanged(&self, t: &Target) -> bool {
+    pub fn unchanged(&self, t: &KnobFile) -> bool {
         if t.not_applicable || self.netns_unverified(&t.location) {
             return true;
         }
@@ -86,7 +86,7 @@ impl HostFs {
     }
 
     /// Writes `value` to a knob and reads it back.
-    pub fn write(&self, t: &mut Target, value: &str) -> Result<Reading, KernelError> {
+    pub fn write(&self, t: &mut KnobFile, value: &str) -> Result<Reading, KernelError> {
         let path = self.path(&t.location);
         if let Some(reason) = self.netns_blocked(&t.location) {
             return Err(KernelError::NetnsUnverified {
@@ -114,13 +114,13 @@ impl HostFs {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::{FakeTree, target};
+    use crate::testing::{FakeTree, file};
 
     #[test]
     fn kept_descriptor_sees_in_place_changes_and_writes_read_back() {
         let tree = FakeTree::untuned();
         let (fs, mut ts) = tree.default_targets();
-        let t = target(&mut ts, "vm.overcommit_memory");
+        let t = file(&mut ts, "vm.overcommit_memory");
         assert_eq!(fs.read(t).unwrap().unwrap().value, "0");
         tree.put("proc/sys/vm/overcommit_memory", "2\n");
         assert_eq!(fs.read(t).unwrap().unwrap().value, "2");
@@ -128,7 +128,7 @@ mod tests {
         assert_eq!(back.number, Some(1));
         assert_eq!(tree.get("proc/sys/vm/overcommit_memory"), "1\n");
         // A shorter value over a longer one leaves no tail behind.
-        let t = target(&mut ts, "net.core.somaxconn");
+        let t = file(&mut ts, "net.core.somaxconn");
         tree.put("proc/sys/net/core/somaxconn", "4096\n");
         assert_eq!(fs.write(t, "1").unwrap().value, "1");
     }
@@ -137,7 +137,7 @@ mod tests {
     fn a_replaced_file_is_reopened_after_a_write() {
         let tree = FakeTree::untuned();
         let (fs, mut ts) = tree.default_targets();
-        let t = target(&mut ts, "vm.overcommit_memory");
+        let t = file(&mut ts, "vm.overcommit_memory");
         assert_eq!(fs.read(t).unwrap().unwrap().value, "0");
         // The file is replaced behind the kept descriptor.
         let p = tree.dir.path().join("proc/sys/vm/overcommit_memory");
@@ -162,15 +162,13 @@ mod tests {
             "[always] [never]\n",
         );
         let (fs, mut ts) = tree.default_targets();
-        let e = fs
-            .read(target(&mut ts, "vm.overcommit_memory"))
-            .unwrap_err();
+        let e = fs.read(file(&mut ts, "vm.overcommit_memory")).unwrap_err();
         assert_eq!(e.kind(), "missing");
         assert!(
             e.to_string().contains("proc/sys/vm/overcommit_memory"),
             "{e}"
         );
-        let e = fs.read(target(&mut ts, "net.core.somaxconn")).unwrap_err();
+        let e = fs.read(file(&mut ts, "net.core.somaxconn")).unwrap_err();
         assert_eq!(e.kind(), "parse");
         assert!(
             e.to_string()
@@ -179,16 +177,16 @@ mod tests {
         );
         assert!(e.to_string().contains("a single integer"), "{e}");
         assert_eq!(
-            fs.read(target(&mut ts, "thp.enabled")).unwrap_err().kind(),
+            fs.read(file(&mut ts, "thp.enabled")).unwrap_err().kind(),
             "parse"
         );
         assert_eq!(
-            fs.read(target(&mut ts, "thp.defrag")).unwrap_err().kind(),
+            fs.read(file(&mut ts, "thp.defrag")).unwrap_err().kind(),
             "parse"
         );
         // A write to a missing file is NotFound, and never creates it.
         let e = fs
-            .write(target(&mut ts, "vm.overcommit_memory"), "1")
+            .write(file(&mut ts, "vm.overcommit_memory"), "1")
             .unwrap_err();
         assert_eq!(e.kind(), "missing");
         assert!(
@@ -222,7 +220,7 @@ mod tests {
         std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o444);
         std::fs::set_permissions(&p, perm).unwrap();
         let (fs, mut ts) = tree.default_targets();
-        let r = fs.write(target(&mut ts, "vm.overcommit_memory"), "1");
+        let r = fs.write(file(&mut ts, "vm.overcommit_memory"), "1");
         if !has_dac_override() {
             // Not root, or root without the capability (the child below).
             let e = r.unwrap_err();

@@ -6,23 +6,23 @@
 //! network namespace, so their files are opened in the host's namespace (see [`NetnsStatus`]).
 //!
 //! - `location.rs`: where a knob's file is, relative to the proc or sys root.
-//! - `target.rs`: a profile resolved into this host's knobs, and how their files are parsed.
+//! - `file.rs`: one knob's file, the per-size THP files of this kernel, and how files are parsed.
 //! - `knob_io.rs`: reading, comparing and writing a knob through its kept descriptor.
 //! - `netns.rs`: the proof that `net.*` files are in the host's network namespace.
 //! - `error.rs`: what fails, per knob, and its stable kind.
 
 mod error;
+mod file;
 mod knob_io;
 mod location;
 mod netns;
-mod target;
 
 use std::path::{Path, PathBuf};
 
 pub use error::{ErrorKind, KernelError};
-pub use location::{Location, Root, THP_DIR};
+pub use file::{Format, KnobFile, Reading};
+pub use location::{Location, Root, THP_DIR, sysctl_rel_path};
 pub use netns::NetnsStatus;
-pub use target::{Format, Reading, Target};
 
 use netns::NetnsThread;
 

@@ -188,8 +188,7 @@ impl HostFs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::Profile;
-    use crate::testing::{FakeTree, target};
+    use crate::testing::{FakeTree, file};
 
     #[test]
     fn unverified_netns_blocks_only_net_knobs() {
@@ -198,17 +197,17 @@ mod tests {
         assert!(
             matches!(fs.netns(), NetnsStatus::Unverified { reason } if reason.contains("1/ns/net"))
         );
-        let mut ts = fs.resolve(&Profile::default());
-        let e = fs.read(target(&mut ts, "net.core.somaxconn")).unwrap_err();
+        let mut ts = crate::testing::resolve_default(&fs);
+        let e = fs.read(file(&mut ts, "net.core.somaxconn")).unwrap_err();
         assert_eq!(e.kind(), "netns_unverified");
         assert_eq!(
-            fs.write(target(&mut ts, "net.core.somaxconn"), "4096")
+            fs.write(file(&mut ts, "net.core.somaxconn"), "4096")
                 .unwrap_err()
                 .kind(),
             "netns_unverified"
         );
         assert_eq!(tree.get("proc/sys/net/core/somaxconn"), "128\n");
-        assert!(fs.read(target(&mut ts, "vm.overcommit_memory")).is_ok());
+        assert!(fs.read(file(&mut ts, "vm.overcommit_memory")).is_ok());
     }
 
     #[test]

@@ -17,11 +17,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+pub use crate::kernel::sysctl_rel_path;
 pub use model::{
     DEFAULT_INTERVAL, Desired, Knob, MAX_INTERVAL, MIN_INTERVAL, Mode, Profile, Setting,
-    THP_DEFRAG_WORDS, THP_ENABLED_WORDS, THP_PER_SIZE_WORDS, parse_duration,
+    THP_DEFRAG_WORDS, THP_ENABLED_WORDS, THP_PER_SIZE_WORDS, WritersMode, parse_duration,
 };
-pub use names::{THP_NAMESPACE, sysctl_rel_path, valid_sysctl_name};
+pub use names::{THP_NAMESPACE, valid_sysctl_name};
 
 /// One problem found in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +120,7 @@ mod tests {
 
     #[test]
     fn writers_takes_off_observe_or_lock_and_names_a_bad_value() {
-        use crate::writers::WritersMode;
+        use crate::profile::WritersMode;
         let p = Profile::from_yaml("writers: lock\n").unwrap();
         assert_eq!((p.writers, p.writers_explicit), (WritersMode::Lock, true));
         let d = Profile::default();

@@ -120,7 +120,7 @@ pub struct Setting {
 pub struct Profile {
     pub interval: Duration,
     /// The writer watch of `run` (`writers:`; `--writers` overrides it).
-    pub writers: crate::writers::WritersMode,
+    pub writers: WritersMode,
     /// `writers` was set by the file or the command line, not left at its default.
     pub writers_explicit: bool,
     /// Settings in a stable order; `Mode::Off` settings are dropped at load.
@@ -149,7 +149,7 @@ impl Default for Profile {
         };
         Profile {
             interval: DEFAULT_INTERVAL,
-            writers: crate::writers::WritersMode::default(),
+            writers: WritersMode::default(),
             writers_explicit: false,
             settings: vec![
                 s(
@@ -200,6 +200,39 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         _ => return None,
     };
     Some(Duration::from_millis(ms))
+}
+
+/// `writers:` in the profile, `--writers` on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WritersMode {
+    /// No watch: drift is found by the poll only.
+    Off,
+    /// Name every foreign write and correct drift at once.
+    #[default]
+    Observe,
+    /// As observe, and refuse (EPERM) sysctl writes that would move an enforce-mode numeric
+    /// knob out of the profile.
+    Lock,
+}
+
+impl WritersMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WritersMode::Off => "off",
+            WritersMode::Observe => "observe",
+            WritersMode::Lock => "lock",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<WritersMode> {
+        match s {
+            "off" => Some(WritersMode::Off),
+            "observe" => Some(WritersMode::Observe),
+            "lock" => Some(WritersMode::Lock),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,21 +1,9 @@
-//! Sysctl names: the file a name stands for below `/proc/sys`, and the check that keeps every
-//! name inside it.
+//! Sysctl names: the check that keeps every name inside `/proc/sys` (the file a name stands for
+//! is the kernel layer's [`crate::kernel::sysctl_rel_path`]).
 
 /// The first segment of the THP settings' names (`thp.enabled`, `thp.hugepages-64kB.enabled`):
 /// reserved, so a sysctl can never take a THP setting's name (there is no `/proc/sys/thp`).
 pub const THP_NAMESPACE: &str = "thp";
-
-/// The file of a sysctl below `/proc/sys` (e.g. `vm/overcommit_memory`): a knob's identity.
-/// Two names with the same path are the same knob. As in sysctl(8), a name containing `/` is
-/// already a path and its dots are literal (`net/ipv4/conf/eth0.100/rp_filter`); otherwise dots
-/// separate the segments (`vm.overcommit_memory`).
-pub fn sysctl_rel_path(name: &str) -> String {
-    if name.contains('/') {
-        name.to_string()
-    } else {
-        name.replace('.', "/")
-    }
-}
 
 /// Checks a sysctl name, so it cannot escape /proc/sys: dotted segments of `[A-Za-z0-9_-]`
 /// (`vm.swappiness`), or the `/` form of sysctl(8) whose segments may also hold dots but are

@@ -7,11 +7,12 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::model::word;
-use super::names::{sysctl_rel_path, valid_sysctl_name};
+use super::names::valid_sysctl_name;
 use super::{
     Desired, Issue, Knob, MAX_INTERVAL, MIN_INTERVAL, Mode, Profile, Setting, THP_DEFRAG_WORDS,
     THP_ENABLED_WORDS, THP_PER_SIZE_WORDS, parse_duration,
 };
+use crate::kernel::sysctl_rel_path;
 
 /// Validates a config file's value tree (`Null` for an empty file) into a profile.
 pub(super) fn validate(root: &Value) -> Result<Profile, Vec<Issue>> {
@@ -128,7 +129,7 @@ impl Validator {
             return profile;
         };
         if let Some(v) = map.get("writers") {
-            match v.as_str().and_then(crate::writers::WritersMode::parse) {
+            match v.as_str().and_then(crate::profile::WritersMode::parse) {
                 Some(m) => {
                     profile.writers = m;
                     profile.writers_explicit = true;

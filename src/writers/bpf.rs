@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
-use aya::programs::{CgroupAttachMode, CgroupSysctl, RawTracePoint};
+use aya::programs::{CgroupAttachMode, CgroupSysctl};
 use aya::{Ebpf, EbpfLoader};
 
 use super::Unavailable;
@@ -138,15 +138,15 @@ impl RawWrite {
 pub struct Watchlist {
     /// sysctl name as the kernel gives it (`vm/overcommit_memory`) → rule.
     pub sysctls: Vec<(String, Rule)>,
-    /// sysfs file → knob index.
-    pub sysfs: Vec<(std::path::PathBuf, u32)>,
 }
 
 /// The loaded, attached programs: they detach when this is dropped (or the process ends).
 pub struct Loaded {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     pub ring: RingBuf<MapData>,
     lost: Array<MapData, u64>,
+    /// The sysctl program's id, to find its link in `/proc/self/fdinfo`.
+    prog_id: u32,
 }
 
 impl std::fmt::Debug for Loaded {
@@ -164,6 +164,54 @@ impl Loaded {
     pub fn lost(&self) -> u64 {
         self.lost.get(&0, 0).unwrap_or(0)
     }
+
+    /// Adds (or replaces) rules: the `net.*` sysctls once host networking is proven, the lock
+    /// bit turned off and on by the break-glass file.
+    pub fn add_rules(&mut self, rules: &[(String, Rule)]) -> Result<(), Unavailable> {
+        let map = self
+            .ebpf
+            .map_mut("sysctl_rules")
+            .ok_or_else(|| missing("sysctl_rules map"))?;
+        let mut map: BpfHashMap<_, [u8; NAME_LEN], [u8; 24]> =
+            BpfHashMap::try_from(map).map_err(|e| unavailable("sysctl_rules", e))?;
+        insert_rules(&mut map, rules)
+    }
+
+    /// The program's cgroup link is still attached: this process holds a link of the program
+    /// whose `cgroup_id` is not 0 (`bpftool link detach` leaves the link with no cgroup).
+    pub fn attached(&self) -> bool {
+        let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else {
+            return true; // cannot tell: not reported as detached
+        };
+        let prog = format!("prog_id:\t{}", self.prog_id);
+        dir.flatten().any(|e| {
+            std::fs::read_to_string(e.path()).is_ok_and(|info| {
+                info.lines().any(|l| l == "link_type:\tcgroup")
+                    && info.lines().any(|l| l == prog)
+                    && info
+                        .lines()
+                        .find_map(|l| l.strip_prefix("cgroup_id:\t"))
+                        .is_some_and(|id| id.trim() != "0")
+            })
+        })
+    }
+}
+
+fn insert_rules<M: std::borrow::BorrowMut<MapData>>(
+    map: &mut BpfHashMap<M, [u8; NAME_LEN], [u8; 24]>,
+    rules: &[(String, Rule)],
+) -> Result<(), Unavailable> {
+    for (name, rule) in rules {
+        let mut key = [0u8; NAME_LEN];
+        let b = name.as_bytes();
+        if b.len() >= NAME_LEN {
+            continue; // the program skips names it cannot read whole
+        }
+        key[..b.len()].copy_from_slice(b);
+        map.insert(key, rule.to_bytes(), 0)
+            .map_err(|e| unavailable("sysctl_rules", e))?;
+    }
+    Ok(())
 }
 
 fn kind_of(e: &std::io::Error) -> Option<&'static str> {
@@ -222,37 +270,13 @@ pub fn load(object: &[u8], cgroup_root: &Path, list: &Watchlist) -> Result<Loade
             .ok_or_else(|| missing("sysctl_rules map"))?;
         let mut rules: BpfHashMap<_, [u8; NAME_LEN], [u8; 24]> =
             BpfHashMap::try_from(map).map_err(|e| unavailable("sysctl_rules", e))?;
-        for (name, rule) in &list.sysctls {
-            let mut key = [0u8; NAME_LEN];
-            let b = name.as_bytes();
-            if b.len() >= NAME_LEN {
-                continue; // the program skips names it cannot read whole
-            }
-            key[..b.len()].copy_from_slice(b);
-            rules
-                .insert(key, rule.to_bytes(), 0)
-                .map_err(|e| unavailable("sysctl_rules", e))?;
-        }
-    }
-    {
-        let map = ebpf
-            .map_mut("sysfs_knobs")
-            .ok_or_else(|| missing("sysfs_knobs map"))?;
-        let mut files: BpfHashMap<_, u64, u32> =
-            BpfHashMap::try_from(map).map_err(|e| unavailable("sysfs_knobs", e))?;
-        for (path, knob) in &list.sysfs {
-            if let Ok(m) = std::fs::metadata(path) {
-                files
-                    .insert(m.ino(), *knob, 0)
-                    .map_err(|e| unavailable("sysfs_knobs", e))?;
-            }
-        }
+        insert_rules(&mut rules, &list.sysctls)?;
     }
     let cgroup = File::open(cgroup_root).map_err(|e| Unavailable {
         reason: "no_cgroup2",
         message: format!("{}: {e}", cgroup_root.display()),
     })?;
-    {
+    let prog_id = {
         let prog: &mut CgroupSysctl = ebpf
             .program_mut("sysctl_write")
             .ok_or_else(|| missing("sysctl_write program"))?
@@ -263,18 +287,10 @@ pub fn load(object: &[u8], cgroup_root: &Path, list: &Watchlist) -> Result<Loade
         // A link (kernel ≥ 5.7) always coexists with other programs on the cgroup; it takes no flags.
         prog.attach(cgroup.as_fd(), CgroupAttachMode::Single)
             .map_err(|e| unavailable("attaching sysctl_write to the cgroup v2 root", e))?;
-    }
-    if !list.sysfs.is_empty() {
-        let prog: &mut RawTracePoint = ebpf
-            .program_mut("sys_exit")
-            .ok_or_else(|| missing("sys_exit program"))?
-            .try_into()
-            .map_err(|e| unavailable("sys_exit", e))?;
-        prog.load()
-            .map_err(|e| unavailable("loading sys_exit", e))?;
-        prog.attach("sys_exit")
-            .map_err(|e| unavailable("attaching sys_exit", e))?;
-    }
+        prog.info()
+            .map_err(|e| unavailable("sysctl_write", e))?
+            .id()
+    };
     let ring = RingBuf::try_from(
         ebpf.take_map("events")
             .ok_or_else(|| missing("events map"))?,
@@ -283,9 +299,10 @@ pub fn load(object: &[u8], cgroup_root: &Path, list: &Watchlist) -> Result<Loade
     let lost = Array::try_from(ebpf.take_map("lost").ok_or_else(|| missing("lost map"))?)
         .map_err(|e| unavailable("lost", e))?;
     Ok(Loaded {
-        _ebpf: ebpf,
+        ebpf,
         ring,
         lost,
+        prog_id,
     })
 }
 

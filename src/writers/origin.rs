@@ -6,6 +6,9 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::foreign::Writer;
 
 /// The inode of the initial PID namespace (`PROC_PID_INIT_INO`).
 const INIT_PID_NS: u64 = 0xEFFF_FFFC;
@@ -73,7 +76,13 @@ pub struct Resolver {
     host_view: bool,
     /// cgroup id → path below `cgroup_root`, from the last walk.
     by_id: HashMap<u64, String>,
+    /// When the tree was last walked: an id not found (a cgroup gone) does not walk it again
+    /// for [`WALK_EVERY`].
+    walked: Option<Instant>,
 }
+
+/// The shortest time between two walks of the cgroup tree.
+const WALK_EVERY: Duration = Duration::from_secs(10);
 
 impl Resolver {
     pub fn new(proc_root: &Path, cgroup_root: &Path) -> Resolver {
@@ -88,7 +97,44 @@ impl Resolver {
             host_view: ns_ino("pid") == Some(INIT_PID_NS)
                 && ns_ino("cgroup") == Some(INIT_CGROUP_NS),
             by_id: HashMap::new(),
+            walked: None,
         }
+    }
+
+    /// Who `pid` is, read from `/proc/<pid>` (a write seen by fanotify): `None` when it has
+    /// exited already or is not in the agent's PID namespace (pid 0).
+    pub fn writer_of(&mut self, pid: u32) -> Option<Writer> {
+        if pid == 0 {
+            return None;
+        }
+        let p =
+            procfs::process::Process::new_with_root(self.proc_root.join(pid.to_string())).ok()?;
+        let stat = p.stat().ok()?;
+        let ppid = u32::try_from(stat.ppid).unwrap_or(0);
+        let parent_comm =
+            procfs::process::Process::new_with_root(self.proc_root.join(ppid.to_string()))
+                .ok()
+                .and_then(|pp| pp.stat().ok())
+                .map(|s| s.comm)
+                .unwrap_or_default();
+        let uid = p.uid().unwrap_or(u32::MAX);
+        let (cgroup, cmdline) = match self.via_proc(pid, ppid) {
+            Some((path, cmdline)) => (Some(path), cmdline),
+            None => (None, None),
+        };
+        let id = cgroup.as_deref().map(pod_identity).unwrap_or_default();
+        Some(Writer {
+            pid,
+            tid: pid,
+            comm: stat.comm,
+            ppid,
+            parent_comm,
+            uid,
+            cgroup,
+            pod_uid: id.pod_uid,
+            container_id: id.container_id,
+            cmdline,
+        })
     }
 
     /// The cgroup v2 path of `pid` (whose cgroup id was `cgroup_id` at the write), and its
@@ -134,6 +180,10 @@ impl Resolver {
         if let Some(p) = self.by_id.get(&id) {
             return Some(p.clone());
         }
+        if self.walked.is_some_and(|at| at.elapsed() < WALK_EVERY) {
+            return None; // gone since, or not there: no walk per event
+        }
+        self.walked = Some(Instant::now());
         self.by_id = walk(&self.cgroup_root);
         self.by_id.get(&id).cloned()
     }

@@ -1,21 +1,28 @@
-//! The agent: observe every knob, diff against the profile, correct enforce-mode drift (after
-//! journalling the original), and produce a [`Report`] plus the [`Event`]s of this pass.
+//! The agent: one pass observes every knob, diffs it against the profile, corrects enforce-mode
+//! drift (after journalling the original), decides what each foreign write meant, and produces
+//! a [`Report`] plus the [`Event`]s of the pass.
+//!
+//! - `report.rs`: the report, the events and their log lines.
+//! - `writes.rs`: what a foreign write means (the one place that decides it).
+//! - here: the pass, knob by knob, and the correction with its backoff.
+
+mod report;
+mod writes;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+pub use report::{Event, Failure, FailureKind, KnobReport, Report};
+pub use writes::{LINES_PER_SECOND, Outcome, PENDING_GRACE};
 
 use crate::backoff::jittered;
+use crate::foreign::{Inbox, WatchedKnob};
 use crate::journal::Journal;
-use crate::kernel::{ErrorKind, HostFs, KernelError, Reading, Target};
+use crate::kernel::{HostFs, KernelError, Reading};
 use crate::profile::{Mode, Profile};
-use crate::reconcile::{self, Action, Observed, State, StateKind};
-use crate::writers::{Pending, PendingWrite, WatchedKnob, WriteAction, Writer};
+use crate::reconcile::{self, Action, Observed, State, StateKind, Target};
 
-/// A foreign write not yet visible to a pass is kept this long for the next passes, then
-/// counted as observed (it was rejected by the kernel, or undone by its writer).
-pub const PENDING_GRACE: Duration = Duration::from_secs(1);
+use report::log_event;
 
 /// Longest wait between two correction attempts of a knob that keeps failing.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -23,150 +30,6 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// A knob that had to be corrected again on this many consecutive passes after a successful
 /// correction is `Contested`: something keeps rewriting it.
 pub const CONTESTED_PASSES: u32 = 3;
-
-impl Serialize for Mode {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-/// Why a knob could not be read or corrected: the `kind` label of failure counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FailureKind {
-    /// The kernel layer failed (see [`ErrorKind`]).
-    Kernel(ErrorKind),
-    /// The original could not be recorded (or the journal is unusable): nothing was written.
-    Journal,
-    /// A read-only command (`check`): nothing is ever written.
-    ReadOnlyAgent,
-}
-
-impl FailureKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureKind::Kernel(k) => k.as_str(),
-            FailureKind::Journal => "journal",
-            FailureKind::ReadOnlyAgent => "read_only_agent",
-        }
-    }
-}
-
-impl From<&KernelError> for FailureKind {
-    fn from(e: &KernelError) -> Self {
-        FailureKind::Kernel(e.kind())
-    }
-}
-
-/// A correction that did not happen: why (for metrics) and the message (for people).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub kind: FailureKind,
-    pub message: String,
-}
-
-impl From<KernelError> for Failure {
-    fn from(e: KernelError) -> Self {
-        Failure {
-            kind: FailureKind::from(&e),
-            message: e.to_string(),
-        }
-    }
-}
-
-/// One knob in a report.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct KnobReport {
-    pub name: String,
-    /// The profile setting it belongs to (per-size THP knobs share `thp.per_size`).
-    pub setting: String,
-    pub desired: String,
-    pub actual: Option<String>,
-    pub in_sync: bool,
-    pub mode: Mode,
-    pub state: StateKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Corrected on [`CONTESTED_PASSES`] consecutive passes: something keeps rewriting it.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub contested: bool,
-    #[serde(skip)]
-    pub desired_number: Option<i64>,
-    #[serde(skip)]
-    pub actual_number: Option<i64>,
-}
-
-/// The node's state after one pass.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Report {
-    /// Every enforce-mode knob is in sync (or not applicable).
-    pub ready: bool,
-    /// How `net.*` knobs are tied to the host's network namespace.
-    pub netns: String,
-    pub settings: Vec<KnobReport>,
-}
-
-impl Report {
-    /// Enforce-mode knobs that are not in sync.
-    pub fn failing(&self) -> impl Iterator<Item = &KnobReport> {
-        self.settings
-            .iter()
-            .filter(|k| k.mode == Mode::Enforce && !k.in_sync)
-    }
-
-    /// An enforce-mode knob could not be read.
-    pub fn unreadable(&self) -> bool {
-        self.failing().any(|k| k.state == StateKind::Error)
-    }
-}
-
-/// Something that happened in a pass (logged, counted, and sent to reporters).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    DriftDetected {
-        knob: String,
-        desired: String,
-        actual: String,
-        mode: Mode,
-        /// The process whose write drifted it, when the writer watch saw it.
-        writer: Option<Arc<Writer>>,
-    },
-    Corrected {
-        knob: String,
-        from: String,
-        to: String,
-        /// The process whose write was undone, when the writer watch saw it.
-        writer: Option<Arc<Writer>>,
-    },
-    CorrectionFailed {
-        knob: String,
-        error: String,
-        kind: FailureKind,
-    },
-    ReadFailed {
-        knob: String,
-        error: String,
-        kind: FailureKind,
-    },
-    /// Corrected on [`CONTESTED_PASSES`] consecutive passes.
-    Contested {
-        knob: String,
-        passes: u32,
-        /// The last writer, when the writer watch saw it.
-        writer: Option<Arc<Writer>>,
-    },
-}
-
-impl Event {
-    pub fn knob(&self) -> &str {
-        match self {
-            Event::DriftDetected { knob, .. }
-            | Event::Corrected { knob, .. }
-            | Event::CorrectionFailed { knob, .. }
-            | Event::ReadFailed { knob, .. }
-            | Event::Contested { knob, .. } => knob,
-        }
-    }
-}
 
 /// Where originals are recorded before a change.
 #[derive(Debug)]
@@ -202,10 +65,13 @@ pub struct Agent {
     last: Option<Arc<Report>>,
     /// Something outside the knobs changed (the network-namespace proof): the next pass is full.
     dirty: bool,
-    /// Foreign writes handed over by the writer watch.
-    pending: Option<Arc<Pending>>,
-    /// What became of them, for the metrics: (knob, writer's name, action).
-    foreign: Vec<(String, String, WriteAction)>,
+    /// Foreign writes posted by the watchers.
+    inbox: Option<Arc<Inbox>>,
+    writes: writes::Writes,
+    /// `writers: lock` asked for and not in force: why.
+    lock_missing: Option<String>,
+    /// A change of [`Agent::set_lock_missing`] to announce at the next pass.
+    lock_event: Option<Event>,
 }
 
 /// The wait after `failures` failed corrections: the interval doubling up to [`MAX_BACKOFF`],
@@ -219,7 +85,7 @@ fn backoff(interval: Duration, failures: u32) -> Duration {
 
 impl Agent {
     pub fn new(fs: HostFs, profile: &Profile, journal: JournalSlot) -> Agent {
-        let targets = fs.resolve(profile);
+        let targets = reconcile::resolve(&fs, profile);
         Agent {
             memory: vec![Memory::default(); targets.len()],
             targets,
@@ -228,38 +94,52 @@ impl Agent {
             interval: profile.interval,
             last: None,
             dirty: true,
-            pending: None,
-            foreign: Vec::new(),
+            inbox: None,
+            writes: writes::Writes::default(),
+            lock_missing: None,
+            lock_event: None,
         }
     }
 
-    /// The knobs as the writer watch needs them, indexed as the agent's.
+    /// The knobs as the watchers need them, indexed as the agent's.
     pub fn watched_knobs(&self) -> Vec<WatchedKnob> {
         self.targets
             .iter()
             .map(|t| WatchedKnob {
-                name: t.name.clone(),
-                location: t.location.clone(),
-                path: self.fs.path(&t.location),
+                name: t.name().to_string(),
+                location: t.location().clone(),
+                path: self.fs.path(t.location()),
                 desired: t.desired.clone(),
                 mode: t.mode,
             })
             .collect()
     }
 
-    /// Takes foreign writes from the writer watch: a knob with one runs a full pass.
-    pub fn attach_pending(&mut self, pending: Arc<Pending>) {
-        self.pending = Some(pending);
+    /// Takes foreign writes from the watchers: a knob with one runs a full pass.
+    pub fn attach_inbox(&mut self, inbox: Arc<Inbox>) {
+        self.inbox = Some(inbox);
     }
 
-    /// Foreign writes waiting for a pass (the write not yet visible).
+    /// Foreign writes waiting for a pass.
     pub fn has_pending(&self) -> bool {
-        self.pending.as_ref().is_some_and(|p| p.any())
+        self.inbox.as_ref().is_some_and(|p| p.any())
     }
 
     /// What became of the foreign writes of the passes since the last call.
-    pub fn take_foreign_outcomes(&mut self) -> Vec<(String, String, WriteAction)> {
-        std::mem::take(&mut self.foreign)
+    pub fn take_foreign_outcomes(&mut self) -> Vec<Outcome> {
+        self.writes.take_outcomes()
+    }
+
+    /// Whether `writers: lock` is in force (`None`, or not asked for) or why not: in the
+    /// report from the next pass on, announced by an [`Event::Lock`] when it changes.
+    pub fn set_lock_missing(&mut self, why: Option<String>) {
+        if why != self.lock_missing {
+            self.lock_event = Some(Event::Lock {
+                reason: why.clone(),
+            });
+            self.lock_missing = why;
+            self.dirty = true;
+        }
     }
 
     pub fn fs(&self) -> &HostFs {
@@ -279,7 +159,7 @@ impl Agent {
     pub fn observe(&mut self) -> Report {
         let mut settings = Vec::with_capacity(self.targets.len());
         for t in &mut self.targets {
-            let obs = self.fs.read(t);
+            let obs = self.fs.read(&mut t.file);
             let state = reconcile::evaluate(&t.desired, &obs);
             settings.push(knob_report(t, &obs, &state, None));
         }
@@ -292,12 +172,12 @@ impl Agent {
         let mut changes = vec![];
         let mut settings = Vec::with_capacity(self.targets.len());
         for t in &mut self.targets {
-            let obs = self.fs.read(t);
+            let obs = self.fs.read(&mut t.file);
             let state = reconcile::evaluate(&t.desired, &obs);
             if let (Action::Correct(v), Ok(Some(r))) =
                 (reconcile::decide(t.mode, &t.desired, &state), &obs)
             {
-                changes.push((t.name.clone(), r.value.clone(), v));
+                changes.push((t.name().to_string(), r.value.clone(), v));
             }
             settings.push(knob_report(t, &obs, &state, None));
         }
@@ -306,8 +186,8 @@ impl Agent {
 
     /// One pass: observe, correct enforce-mode drift (journal first), report. In the steady
     /// state (no knob's bytes changed since the last pass, no correction pending or just made,
-    /// nothing else changed) the previous report is returned as it is, without events: one
-    /// `pread` per knob and no allocation.
+    /// no foreign write posted, nothing else changed) the previous report is returned as it
+    /// is, without events: one `pread` per knob and no allocation.
     pub fn reconcile(&mut self, now: Instant) -> (Arc<Report>, Vec<Event>) {
         if let Some(last) = &self.last
             && !self.dirty
@@ -316,130 +196,96 @@ impl Agent {
                 .memory
                 .iter()
                 .all(|m| m.retry_at.is_none() && !m.corrected)
-            && self.targets.iter().all(|t| self.fs.unchanged(t))
+            && self.targets.iter().all(|t| self.fs.unchanged(&t.file))
         {
             return (last.clone(), Vec::new());
         }
         self.reconcile_uncached(now)
     }
 
-    /// One pass without the steady-state shortcut: every knob read, parsed and evaluated.
+    /// One pass without the steady-state shortcut: every knob read, evaluated, corrected where
+    /// the profile says so, and its foreign writes settled.
     pub fn reconcile_uncached(&mut self, now: Instant) -> (Arc<Report>, Vec<Event>) {
         self.dirty = false;
         let mut events = vec![];
         let mut settings = Vec::with_capacity(self.targets.len());
-        for (i, (t, mem)) in self
-            .targets
-            .iter_mut()
-            .zip(self.memory.iter_mut())
-            .enumerate()
-        {
-            let mut obs = self.fs.read(t);
-            let mut state = reconcile::evaluate(&t.desired, &obs);
-            let mut note = None;
-            let mut writes = self.pending.as_ref().map(|p| p.take(i)).unwrap_or_default();
-            if state != State::Drift && !writes.is_empty() {
-                if writes
-                    .iter()
-                    .all(|w| now.saturating_duration_since(w.at) < PENDING_GRACE)
-                    && let Some(p) = &self.pending
-                {
-                    p.put_back(i, std::mem::take(&mut writes)); // not visible yet
-                } else {
-                    count(&mut self.foreign, &t.name, &writes, WriteAction::Observed);
-                    writes.clear();
-                }
-            }
-            let writer = writes.last().map(|w| w.writer.clone());
-            if state == State::Drift && mem.last != Some(StateKind::Drift) {
-                events.push(Event::DriftDetected {
-                    knob: t.name.clone(),
-                    desired: t.desired.to_string(),
-                    actual: actual_text(&obs),
-                    mode: t.mode,
-                    writer: writer.clone(),
-                });
-            }
-            if let State::Error(e) = &state
-                && mem.last != Some(StateKind::Error)
-            {
-                events.push(Event::ReadFailed {
-                    knob: t.name.clone(),
-                    error: e.to_string(),
-                    kind: FailureKind::from(e),
-                });
-            }
-            if state == State::Drift && mem.corrected {
-                mem.redrifts += 1;
-                if mem.redrifts == CONTESTED_PASSES {
-                    events.push(Event::Contested {
-                        knob: t.name.clone(),
-                        passes: CONTESTED_PASSES,
-                        writer: writer.clone(),
-                    });
-                }
-            } else if state != State::Drift {
-                mem.redrifts = 0;
-            }
-            mem.corrected = false;
-            mem.last = Some(state.kind());
-            let mut undone = false;
-            if let Action::Correct(value) = reconcile::decide(t.mode, &t.desired, &state) {
-                if mem.retry_at.is_some_and(|at| now < at) {
-                    note = mem
-                        .last_error
-                        .clone()
-                        .map(|e| format!("{e} (retrying with backoff)"));
-                } else {
-                    let from = actual_text(&obs);
-                    match correct(&self.fs, &mut self.journal, t, &from, &value) {
-                        Ok(r) => {
-                            events.push(Event::Corrected {
-                                knob: t.name.clone(),
-                                from,
-                                to: r.value.clone(),
-                                writer: writer.clone(),
-                            });
-                            undone = true;
-                            obs = Ok(Some(r));
-                            state = State::InSync;
-                            *mem = Memory {
-                                last: Some(state.kind()),
-                                corrected: true,
-                                redrifts: mem.redrifts,
-                                ..Memory::default()
-                            };
-                        }
-                        Err(failure) => {
-                            mem.failures += 1;
-                            mem.retry_at = Some(now + backoff(self.interval, mem.failures));
-                            mem.last_error = Some(failure.message.clone());
-                            events.push(Event::CorrectionFailed {
-                                knob: t.name.clone(),
-                                error: failure.message.clone(),
-                                kind: failure.kind,
-                            });
-                            note = Some(failure.message);
-                        }
-                    }
-                }
-            }
-            let action = if undone {
-                WriteAction::Corrected
-            } else {
-                WriteAction::Observed
-            };
-            count(&mut self.foreign, &t.name, &writes, action);
-            let mut k = knob_report(t, &obs, &state, note);
-            k.contested = mem.redrifts >= CONTESTED_PASSES;
-            settings.push(k);
+        for i in 0..self.targets.len() {
+            settings.push(self.pass_knob(i, now, &mut events));
         }
+        events.extend(self.lock_event.take());
         for e in &events {
             log_event(e);
         }
         let report = Arc::new(self.report(settings));
         self.last = Some(report.clone());
         (report, events)
+    }
+
+    /// One knob's part of a pass: read it, announce what changed, correct it if the profile
+    /// says so, and settle its foreign writes.
+    fn pass_knob(&mut self, i: usize, now: Instant, events: &mut Vec<Event>) -> KnobReport {
+        let t = &mut self.targets[i];
+        let mem = &mut self.memory[i];
+        let mut obs = self.fs.read(&mut t.file);
+        let mut state = reconcile::evaluate(&t.desired, &obs);
+        let taken = match &self.inbox {
+            Some(inbox) => self.writes.take(inbox, i, t, now),
+            None => Default::default(),
+        };
+        let writer = taken.writer();
+        let drift = state == State::Drift;
+        announce(t, mem, &obs, &state, writer.clone(), events);
+        let mut note = None;
+        let mut undone = false;
+        if let Action::Correct(value) = reconcile::decide(t.mode, &t.desired, &state) {
+            if mem.retry_at.is_some_and(|at| now < at) {
+                note = mem
+                    .last_error
+                    .clone()
+                    .map(|e| format!("{e} (retrying with backoff)"));
+            } else {
+                let from = actual_text(&obs);
+                match correct(&self.fs, &mut self.journal, t, &from, &value) {
+                    Ok(r) => {
+                        events.push(Event::Corrected {
+                            knob: t.name().to_string(),
+                            from,
+                            to: r.value.clone(),
+                            writer,
+                        });
+                        undone = true;
+                        obs = Ok(Some(r));
+                        state = State::InSync;
+                        *mem = Memory {
+                            last: Some(state.kind()),
+                            corrected: true,
+                            redrifts: mem.redrifts,
+                            ..Memory::default()
+                        };
+                    }
+                    Err(failure) => {
+                        mem.failures += 1;
+                        mem.retry_at = Some(now + backoff(self.interval, mem.failures));
+                        mem.last_error = Some(failure.message.clone());
+                        events.push(Event::CorrectionFailed {
+                            knob: t.name().to_string(),
+                            error: failure.message.clone(),
+                            kind: failure.kind,
+                        });
+                        note = Some(failure.message);
+                    }
+                }
+            }
+        }
+        if taken.any()
+            && let Some(inbox) = &self.inbox
+        {
+            let found = writes::Found { drift, undone };
+            self.writes.settle(inbox, i, t, taken, found, now);
+        }
+        let mut k = knob_report(t, &obs, &state, note);
+        k.contested = mem.redrifts >= CONTESTED_PASSES;
+        k
     }
 
     fn report(&self, settings: Vec<KnobReport>) -> Report {
@@ -449,8 +295,53 @@ impl Agent {
                 .all(|k| k.in_sync || k.mode != Mode::Enforce),
             netns: self.fs.netns().describe(),
             settings,
+            lock_missing: self.lock_missing.clone(),
         }
     }
+}
+
+/// The events of a knob's new state (drift, a failed read, contested), each once, and the
+/// memory of it.
+fn announce(
+    t: &Target,
+    mem: &mut Memory,
+    obs: &Observed,
+    state: &State,
+    writer: Option<Arc<crate::foreign::Writer>>,
+    events: &mut Vec<Event>,
+) {
+    if *state == State::Drift && mem.last != Some(StateKind::Drift) {
+        events.push(Event::DriftDetected {
+            knob: t.name().to_string(),
+            desired: t.desired.to_string(),
+            actual: actual_text(obs),
+            mode: t.mode,
+            writer: writer.clone(),
+        });
+    }
+    if let State::Error(e) = state
+        && mem.last != Some(StateKind::Error)
+    {
+        events.push(Event::ReadFailed {
+            knob: t.name().to_string(),
+            error: e.to_string(),
+            kind: FailureKind::from(e),
+        });
+    }
+    if *state == State::Drift && mem.corrected {
+        mem.redrifts += 1;
+        if mem.redrifts == CONTESTED_PASSES {
+            events.push(Event::Contested {
+                knob: t.name().to_string(),
+                passes: CONTESTED_PASSES,
+                writer,
+            });
+        }
+    } else if *state != State::Drift {
+        mem.redrifts = 0;
+    }
+    mem.corrected = false;
+    mem.last = Some(state.kind());
 }
 
 /// Journal the original, write, and verify by read-back.
@@ -467,57 +358,44 @@ fn correct(
     };
     match journal {
         JournalSlot::Ready(j) => {
-            let netns = if t.location.is_net() {
+            let netns = if t.location().is_net() {
                 fs.net_ns_ino()
             } else {
                 None
             };
-            j.record(&t.name, &t.location, original, netns)
+            j.record(t.name(), t.location(), original, netns)
                 .map_err(|e| {
                     journal_failure(format!(
                         "{}: not changed, the original could not be recorded: {e}",
-                        t.name
+                        t.name()
                     ))
                 })?;
         }
         JournalSlot::Broken(why) => {
             return Err(journal_failure(format!(
                 "{}: not changed, the state journal is unusable: {why}",
-                t.name
+                t.name()
             )));
         }
         JournalSlot::None => {
             return Err(Failure {
                 kind: FailureKind::ReadOnlyAgent,
-                message: format!("{}: not changed (read-only agent)", t.name),
+                message: format!("{}: not changed (read-only agent)", t.name()),
             });
         }
     }
-    let r = fs.write(t, value)?;
+    let r = fs.write(&mut t.file, value)?;
     if reconcile::satisfies(&t.desired, &r) {
         Ok(r)
     } else {
         Err(KernelError::NotApplied {
-            knob: t.name.clone(),
-            path: fs.path(&t.location),
+            knob: t.name().to_string(),
+            path: fs.path(t.location()),
             wrote: value.to_string(),
             read: r.value,
         }
         .into())
     }
-}
-
-fn count(
-    out: &mut Vec<(String, String, WriteAction)>,
-    knob: &str,
-    writes: &[PendingWrite],
-    a: WriteAction,
-) {
-    out.extend(
-        writes
-            .iter()
-            .map(|w| (knob.to_string(), w.writer.comm.clone(), a)),
-    );
 }
 
 fn actual_text(obs: &Observed) -> String {
@@ -538,7 +416,7 @@ fn knob_report(t: &Target, obs: &Observed, state: &State, note: Option<String>) 
         _ => note,
     };
     KnobReport {
-        name: t.name.clone(),
+        name: t.name().to_string(),
         setting: t.setting.clone(),
         desired: t.desired.to_string(),
         actual,
@@ -549,58 +427,6 @@ fn knob_report(t: &Target, obs: &Observed, state: &State, note: Option<String>) 
         contested: false,
         desired_number: t.desired.numeric(),
         actual_number,
-    }
-}
-
-fn log_event(e: &Event) {
-    // The writer, when the writer watch named it, as one more field.
-    macro_rules! with_writer {
-        ($lvl:ident, $w:expr, $($rest:tt)*) => {
-            match $w {
-                Some(w) => tracing::$lvl!(writer = %w, $($rest)*),
-                None => tracing::$lvl!($($rest)*),
-            }
-        };
-    }
-    match e {
-        Event::DriftDetected {
-            knob,
-            desired,
-            actual,
-            mode,
-            writer,
-        } => with_writer!(
-            warn,
-            writer,
-            knob,
-            desired,
-            actual,
-            mode = mode.as_str(),
-            "drift detected"
-        ),
-        Event::Corrected {
-            knob,
-            from,
-            to,
-            writer,
-        } => with_writer!(info, writer, knob, from, to, "drift corrected"),
-        Event::CorrectionFailed { knob, error, kind } => {
-            tracing::error!(knob, error, kind = kind.as_str(), "correction failed")
-        }
-        Event::ReadFailed { knob, error, kind } => {
-            tracing::error!(knob, error, kind = kind.as_str(), "cannot read knob")
-        }
-        Event::Contested {
-            knob,
-            passes,
-            writer,
-        } => with_writer!(
-            warn,
-            writer,
-            knob,
-            passes,
-            "contested: corrected on consecutive passes, something keeps rewriting it"
-        ),
     }
 }
 
@@ -750,7 +576,7 @@ mod tests {
         let t = a
             .targets
             .iter_mut()
-            .find(|t| t.name == "thp.enabled")
+            .find(|t| t.name() == "thp.enabled")
             .unwrap();
         t.desired = Desired::Word {
             allowed: vec!["never".into()],
@@ -767,7 +593,7 @@ mod tests {
         let err = correct(&a.fs, &mut slot, t, "always", "madvise").unwrap_err();
         assert_eq!(
             err.kind,
-            FailureKind::Kernel(ErrorKind::NotApplied),
+            FailureKind::Kernel(crate::kernel::ErrorKind::NotApplied),
             "{err:?}"
         );
         assert!(

@@ -1,4 +1,12 @@
-//! Compare and decide: pure functions of (desired, observed) → state → action.
+//! What the profile means on this host, and what to do about each knob.
+//!
+//! - `target.rs`: the profile resolved into this host's knob files ([`Target`]: a kernel
+//!   [`KnobFile`](crate::kernel::KnobFile) with its desired value and mode).
+//! - here: compare and decide, pure functions of (desired, observed) → state → action.
+
+mod target;
+
+pub use target::{Target, resolve};
 
 use crate::kernel::{KernelError, Reading};
 use crate::profile::{Desired, Mode};

@@ -1,0 +1,220 @@
+//! What a pass produces: the node's [`Report`] (one [`KnobReport`] per knob) and the [`Event`]s
+//! of the pass, with the log line of each event.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::foreign::Writer;
+use crate::kernel::{ErrorKind, KernelError};
+use crate::profile::Mode;
+use crate::reconcile::StateKind;
+
+impl Serialize for Mode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Why a knob could not be read or corrected: the `kind` label of failure counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The kernel layer failed (see [`ErrorKind`]).
+    Kernel(ErrorKind),
+    /// The original could not be recorded (or the journal is unusable): nothing was written.
+    Journal,
+    /// A read-only command (`check`): nothing is ever written.
+    ReadOnlyAgent,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Kernel(k) => k.as_str(),
+            FailureKind::Journal => "journal",
+            FailureKind::ReadOnlyAgent => "read_only_agent",
+        }
+    }
+}
+
+impl From<&KernelError> for FailureKind {
+    fn from(e: &KernelError) -> Self {
+        FailureKind::Kernel(e.kind())
+    }
+}
+
+/// A correction that did not happen: why (for metrics) and the message (for people).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl From<KernelError> for Failure {
+    fn from(e: KernelError) -> Self {
+        Failure {
+            kind: FailureKind::from(&e),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// One knob in a report.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct KnobReport {
+    pub name: String,
+    /// The profile setting it belongs to (per-size THP knobs share `thp.per_size`).
+    pub setting: String,
+    pub desired: String,
+    pub actual: Option<String>,
+    pub in_sync: bool,
+    pub mode: Mode,
+    pub state: StateKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Corrected on [`super::CONTESTED_PASSES`] consecutive passes: something keeps rewriting it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub contested: bool,
+    #[serde(skip)]
+    pub desired_number: Option<i64>,
+    #[serde(skip)]
+    pub actual_number: Option<i64>,
+}
+
+/// The node's state after one pass.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    /// Every enforce-mode knob is in sync (or not applicable).
+    pub ready: bool,
+    /// How `net.*` knobs are tied to the host's network namespace.
+    pub netns: String,
+    pub settings: Vec<KnobReport>,
+    /// `writers: lock` was asked for but the kernel does not refuse writes: why (a stable
+    /// reason: `permission`, `load_failed`, `no_btf`, `detached`, `break_glass`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_missing: Option<String>,
+}
+
+impl Report {
+    /// Enforce-mode knobs that are not in sync.
+    pub fn failing(&self) -> impl Iterator<Item = &KnobReport> {
+        self.settings
+            .iter()
+            .filter(|k| k.mode == Mode::Enforce && !k.in_sync)
+    }
+
+    /// An enforce-mode knob could not be read.
+    pub fn unreadable(&self) -> bool {
+        self.failing().any(|k| k.state == StateKind::Error)
+    }
+}
+
+/// Something that happened in a pass (logged, counted, and sent to reporters).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    DriftDetected {
+        knob: String,
+        desired: String,
+        actual: String,
+        mode: Mode,
+        /// The process whose write drifted it, when the writer watch saw it.
+        writer: Option<Arc<Writer>>,
+    },
+    Corrected {
+        knob: String,
+        from: String,
+        to: String,
+        /// The process whose write was undone, when the writer watch saw it.
+        writer: Option<Arc<Writer>>,
+    },
+    CorrectionFailed {
+        knob: String,
+        error: String,
+        kind: FailureKind,
+    },
+    ReadFailed {
+        knob: String,
+        error: String,
+        kind: FailureKind,
+    },
+    /// Corrected on [`super::CONTESTED_PASSES`] consecutive passes.
+    Contested {
+        knob: String,
+        passes: u32,
+        /// The last writer, when the writer watch saw it.
+        writer: Option<Arc<Writer>>,
+    },
+    /// `writers: lock` is not in force (it could not load, was detached, or the break-glass
+    /// file lifted it); `reason` is `None` when it is in force again.
+    Lock { reason: Option<String> },
+}
+
+impl Event {
+    pub fn knob(&self) -> &str {
+        match self {
+            Event::DriftDetected { knob, .. }
+            | Event::Corrected { knob, .. }
+            | Event::CorrectionFailed { knob, .. }
+            | Event::ReadFailed { knob, .. }
+            | Event::Contested { knob, .. } => knob,
+            Event::Lock { .. } => "writers.lock",
+        }
+    }
+}
+
+pub(super) fn log_event(e: &Event) {
+    // The writer, when the writer watch named it, as one more field.
+    macro_rules! with_writer {
+        ($lvl:ident, $w:expr, $($rest:tt)*) => {
+            match $w {
+                Some(w) => tracing::$lvl!(writer = %w, $($rest)*),
+                None => tracing::$lvl!($($rest)*),
+            }
+        };
+    }
+    match e {
+        Event::DriftDetected {
+            knob,
+            desired,
+            actual,
+            mode,
+            writer,
+        } => with_writer!(
+            warn,
+            writer,
+            knob,
+            desired,
+            actual,
+            mode = mode.as_str(),
+            "drift detected"
+        ),
+        Event::Corrected {
+            knob,
+            from,
+            to,
+            writer,
+        } => with_writer!(info, writer, knob, from, to, "drift corrected"),
+        Event::CorrectionFailed { knob, error, kind } => {
+            tracing::error!(knob, error, kind = kind.as_str(), "correction failed")
+        }
+        Event::ReadFailed { knob, error, kind } => {
+            tracing::error!(knob, error, kind = kind.as_str(), "cannot read knob")
+        }
+        Event::Contested {
+            knob,
+            passes,
+            writer,
+        } => with_writer!(
+            warn,
+            writer,
+            knob,
+            passes,
+            "contested: corrected on consecutive passes, something keeps rewriting it"
+        ),
+        Event::Lock { reason: Some(r) } => tracing::error!(
+            reason = %r,
+            "writers lock not in force: foreign writes are corrected, not refused"
+        ),
+        Event::Lock { reason: None } => tracing::info!("writers lock in force"),
+    }
+}
