@@ -82,8 +82,9 @@ pub enum Control {
     Stop,
 }
 
-/// While a foreign write waits to become visible, passes run this often.
-const PENDING_RETRY: Duration = Duration::from_millis(2);
+/// While a sysctl write seen before the kernel applied it waits to become visible, passes run
+/// at least this often (inotify's notice of the applied write usually wakes one first).
+const PENDING_RETRY: Duration = Duration::from_millis(20);
 
 /// Where the enforce thread publishes.
 struct Outputs {

@@ -172,7 +172,7 @@ fn a_foreign_sysctl_and_a_shell_thp_write_are_named_and_corrected_at_once() {
     let a = Agent::start(&[]);
     assert!(has_line(
         &a.metrics(),
-        "redis_node_tuner_writer_watch_active{mode=\"observe\",reason=\"active\"} 1"
+        "redis_node_tuner_writer_watch_active{mode=\"observe\",source=\"sysctl\",reason=\"active\"} 1"
     ));
     assert_eq!(overcommit(), "1");
 
@@ -205,7 +205,9 @@ fn a_foreign_sysctl_and_a_shell_thp_write_are_named_and_corrected_at_once() {
 
     let (pid, ok, err) = run(Command::new("sh")
         .arg("-c")
-        .arg(format!("echo always > {THP}/enabled")));
+        // fanotify gives a pid: the writer is named from /proc/<pid> while it lives (one that
+        // has already exited is named by its pid alone, comm "(exited)").
+        .arg(format!("echo always > {THP}/enabled; sleep 1; true")));
     assert!(ok, "{err}");
     let l = line_of(&a, "thp.enabled", pid);
     assert_eq!(
@@ -331,7 +333,11 @@ fn lock_mode_refuses_what_leaves_the_profile_and_lets_the_desired_value_through(
     let a = Agent::start(&["--writers", "lock"]);
     assert!(has_line(
         &a.metrics(),
-        "redis_node_tuner_writer_watch_active{mode=\"lock\",reason=\"active\"} 1"
+        "redis_node_tuner_writer_watch_active{mode=\"lock\",source=\"sysctl\",reason=\"active\"} 1"
+    ));
+    assert!(has_line(
+        &a.metrics(),
+        "redis_node_tuner_writer_lock_active{reason=\"active\"} 1"
     ));
     let (pid, ok, err) = run(Command::new("sysctl")
         .arg("-w")
@@ -362,7 +368,9 @@ fn lock_mode_refuses_what_leaves_the_profile_and_lets_the_desired_value_through(
     // THP is sysfs: observed and corrected, never refused.
     let (_, ok, err) = run(Command::new("sh")
         .arg("-c")
-        .arg(format!("echo always > {THP}/enabled")));
+        // fanotify gives a pid: the writer is named from /proc/<pid> while it lives (one that
+        // has already exited is named by its pid alone, comm "(exited)").
+        .arg(format!("echo always > {THP}/enabled; sleep 1; true")));
     assert!(ok, "{err}");
     assert!(wait_for(Duration::from_secs(10), || thp_enabled() == "never"));
     // The refused value never landed: no drift was ever seen on overcommit or somaxconn.
@@ -386,9 +394,12 @@ fn lock_mode_refuses_what_leaves_the_profile_and_lets_the_desired_value_through(
 }
 
 #[test]
-fn without_its_capabilities_the_watch_is_unavailable_and_the_poll_still_corrects() {
+fn without_its_capabilities_the_sysctl_program_is_unavailable_and_inotify_still_corrects_at_once() {
     let _g = HostGuard::take();
-    // Root without CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN (none survives exec).
+    tuned();
+    // Root without CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN (none survives exec),
+    // as the base DaemonSet and the plain systemd unit run it. The interval is an hour: only
+    // the inotify watch, which needs no privilege, can correct within seconds.
     let state = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let log = state.path().join("agent.log");
@@ -406,7 +417,7 @@ fn without_its_capabilities_the_watch_is_unavailable_and_the_poll_still_corrects
             "run",
             "--no-kubernetes",
             "--interval",
-            "200ms",
+            "1h",
             "--log-format",
             "json",
         ])
@@ -431,10 +442,21 @@ fn without_its_capabilities_the_watch_is_unavailable_and_the_poll_still_corrects
     assert!(
         wait_for(Duration::from_secs(10), || has_line(
             &a.metrics(),
-            "redis_node_tuner_writer_watch_active{mode=\"observe\",reason=\"permission\"} 0"
+            "redis_node_tuner_writer_watch_active{mode=\"observe\",source=\"sysctl\",reason=\"permission\"} 0"
         )),
         "{}",
         a.metrics()
+    );
+    let m = a.metrics();
+    assert!(
+        has_line(
+            &m,
+            "redis_node_tuner_writer_watch_active{mode=\"observe\",source=\"inotify\",reason=\"active\"} 1"
+        ) && has_line(
+            &m,
+            "redis_node_tuner_writer_watch_active{mode=\"observe\",source=\"fanotify\",reason=\"permission\"} 0"
+        ),
+        "{m}"
     );
     let (_, ok, err) = run(Command::new("sysctl")
         .arg("-w")
@@ -442,7 +464,7 @@ fn without_its_capabilities_the_watch_is_unavailable_and_the_poll_still_corrects
     assert!(ok, "{err}");
     assert!(
         wait_for(Duration::from_secs(10), || overcommit() == "1"),
-        "the poll did not correct:\n{}",
+        "inotify did not correct:\n{}",
         a.logs()
     );
     let corrected = a.about("drift corrected", "vm.overcommit_memory");
@@ -460,7 +482,7 @@ fn a_fake_tree_has_no_writes_to_watch() {
     assert!(
         wait_for(Duration::from_secs(10), || has_line(
             &d.metrics(),
-            "redis_node_tuner_writer_watch_active{mode=\"observe\",reason=\"fake_root\"} 0"
+            "redis_node_tuner_writer_watch_active{mode=\"observe\",source=\"sysctl\",reason=\"fake_root\"} 0"
         )),
         "{}",
         d.metrics()

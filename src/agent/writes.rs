@@ -62,11 +62,24 @@ impl Taken {
 
 /// What a pass found of a knob that foreign writes wait on.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Found {
+pub(super) struct Found<'a> {
     /// It was drifted when the pass read it (before any correction).
     pub drift: bool,
     /// The pass wrote the profile's value back.
     pub undone: bool,
+    /// The value before the writes (the previous pass's), for a write seen without it.
+    pub before: Option<&'a str>,
+    /// The value the pass read, for a write seen without the bytes written.
+    pub read: Option<&'a str>,
+}
+
+/// A correction waiting for its writer's name: when, and the values the pass saw.
+#[derive(Debug)]
+struct Unnamed {
+    at: Instant,
+    action: WriteAction,
+    before: Option<String>,
+    read: Option<String>,
 }
 
 /// The agent's memory of foreign writes: the outcomes to count, and the log limits.
@@ -74,6 +87,9 @@ pub(super) struct Found {
 pub(super) struct Writes {
     outcomes: Vec<Outcome>,
     lines: Lines,
+    /// Per knob: a correction of a write no watcher had named yet (inotify's notice woke the
+    /// pass first), waiting [`PENDING_GRACE`] for the named notice of the same write.
+    unnamed: HashMap<usize, Unnamed>,
 }
 
 /// The written bytes as the agent would read them back (a THP write is the selected word).
@@ -116,9 +132,10 @@ impl Writes {
         i: usize,
         t: &Target,
         taken: Taken,
-        Found { drift, undone }: Found,
+        found: Found<'_>,
         now: Instant,
     ) {
+        let Found { drift, undone, .. } = found;
         if !drift
             && taken
                 .named
@@ -128,22 +145,42 @@ impl Writes {
             inbox.put_back(i, taken.named); // a sysctl write the kernel has not applied yet
             return;
         }
-        let action = if drift && undone {
+        let mut action = if drift && undone {
             WriteAction::Corrected
         } else {
             WriteAction::Observed
         };
-        for n in &taken.named {
-            self.settled(t, n, action, now);
+        let mut found = found;
+        let earlier = (!drift && !taken.named.is_empty())
+            .then(|| self.unnamed.remove(&i))
+            .flatten();
+        if let Some(u) = &earlier {
+            // The named notice of a write a pass already undid: its values are that pass's.
+            action = u.action;
+            found.before = u.before.as_deref();
+            found.read = u.read.as_deref();
         }
-        if drift && taken.named.is_empty() && taken.written {
-            // Written by a process no watcher could name (inotify only).
-            self.outcomes.push(Outcome {
-                knob: t.name().to_string(),
-                writer: "unknown".into(),
+        let anonymous = taken.named.is_empty() && taken.written;
+        for n in taken.named {
+            let n = Notice {
+                old: n.old.or_else(|| found.before.map(str::to_string)),
+                new: n.new.or_else(|| found.read.map(str::to_string)),
+                ..n
+            };
+            self.settled(t, &n, action, now);
+        }
+        if drift && anonymous {
+            // Written by a process no watcher has named (yet): counted as `unknown` unless its
+            // named notice follows within the grace.
+            let u = Unnamed {
+                at: now,
                 action,
-                count: 1,
-            });
+                before: found.before.map(str::to_string),
+                read: found.read.map(str::to_string),
+            };
+            if let Some(old) = self.unnamed.insert(i, u) {
+                self.unknown(t, old.action);
+            }
         }
     }
 
@@ -160,6 +197,35 @@ impl Writes {
         {
             log_write(t.name(), n, w, action, repeated);
         }
+    }
+
+    fn unknown(&mut self, t: &Target, action: WriteAction) {
+        self.outcomes.push(Outcome {
+            knob: t.name().to_string(),
+            writer: "unknown".into(),
+            action,
+            count: 1,
+        });
+    }
+
+    /// Counts as `unknown` the corrections whose named notice did not come within the grace.
+    pub(super) fn expire_unnamed(&mut self, targets: &[Target], now: Instant) {
+        let expired: Vec<usize> = self
+            .unnamed
+            .iter()
+            .filter(|(_, u)| now.saturating_duration_since(u.at) >= PENDING_GRACE)
+            .map(|(i, _)| *i)
+            .collect();
+        for i in expired {
+            if let (Some(u), Some(t)) = (self.unnamed.remove(&i), targets.get(i)) {
+                self.unknown(t, u.action);
+            }
+        }
+    }
+
+    /// Corrections wait for their writer's name.
+    pub(super) fn waiting(&self) -> bool {
+        !self.unnamed.is_empty()
     }
 
     /// What became of the foreign writes since the last call.

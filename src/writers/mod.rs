@@ -453,8 +453,27 @@ fn read_loop(
                 }
                 Err(e) => tracing::warn!(error = %e, "writer watch: inotify read failed"),
             }
-            for &k in &knobs {
-                port.post(Notice::anonymous(k, now));
+        }
+        // Named notices before anonymous ones. inotify is read first and posted last: the
+        // kernel queues a write's fanotify event beside its inotify event (and the sysctl
+        // program's before both), so whatever inotify showed, its named twin is read below
+        // and in the inbox, with its writer, before inotify's notice wakes a pass.
+        if let Some(s) = &mut w.sysctl {
+            while let Some(item) = s.ring.next() {
+                let Some(raw) = RawWrite::decode(&item) else {
+                    continue;
+                };
+                drop(item);
+                port.post(sysctl::notice(&raw, &mut w.resolver));
+            }
+            let lost = s.lost();
+            if lost > lost_seen {
+                tracing::warn!(
+                    lost = lost - lost_seen,
+                    "writer watch: sysctl events lost (ring buffer full); the pass still corrects"
+                );
+                health.lost.fetch_add(lost - lost_seen, Ordering::Relaxed);
+                lost_seen = lost;
             }
         }
         if let Some(f) = &mut w.fanotify {
@@ -486,23 +505,8 @@ fn read_loop(
                 });
             }
         }
-        if let Some(s) = &mut w.sysctl {
-            while let Some(item) = s.ring.next() {
-                let Some(raw) = RawWrite::decode(&item) else {
-                    continue;
-                };
-                drop(item);
-                port.post(sysctl::notice(&raw, &mut w.resolver));
-            }
-            let lost = s.lost();
-            if lost > lost_seen {
-                tracing::warn!(
-                    lost = lost - lost_seen,
-                    "writer watch: sysctl events lost (ring buffer full); the pass still corrects"
-                );
-                health.lost.fetch_add(lost - lost_seen, Ordering::Relaxed);
-                lost_seen = lost;
-            }
+        for &k in &knobs {
+            port.post(Notice::anonymous(k, now));
         }
         while let Ok(Control::HostNetwork(netns)) = ctl.try_recv() {
             w.add_net_knobs(netns);

@@ -14,6 +14,8 @@ use crate::foreign::Writer;
 const INIT_PID_NS: u64 = 0xEFFF_FFFC;
 /// The inode of the initial cgroup namespace (`PROC_CGROUP_INIT_INO`).
 pub(super) const INIT_CGROUP_NS: u64 = 0xEFFF_FFFB;
+/// The name of a writer that exited before the agent read `/proc/<pid>`.
+pub const EXITED: &str = "(exited)";
 /// A cgroup tree walk gives up after this many directories.
 const WALK_MAX: usize = 100_000;
 
@@ -101,15 +103,30 @@ impl Resolver {
         }
     }
 
-    /// Who `pid` is, read from `/proc/<pid>` (a write seen by fanotify): `None` when it has
-    /// exited already or is not in the agent's PID namespace (pid 0).
+    /// Who `pid` is, read from `/proc/<pid>` (a write seen by fanotify): `None` when the
+    /// writer is not in the agent's PID namespace (pid 0); a writer that has exited already is
+    /// named by its pid alone (comm [`EXITED`]).
     pub fn writer_of(&mut self, pid: u32) -> Option<Writer> {
         if pid == 0 {
             return None;
         }
-        let p =
-            procfs::process::Process::new_with_root(self.proc_root.join(pid.to_string())).ok()?;
-        let stat = p.stat().ok()?;
+        let read = procfs::process::Process::new_with_root(self.proc_root.join(pid.to_string()))
+            .ok()
+            .and_then(|p| Some((p.stat().ok()?, p.uid().ok()?)));
+        let Some((stat, uid)) = read else {
+            return Some(Writer {
+                pid,
+                tid: pid,
+                comm: EXITED.into(),
+                ppid: 0,
+                parent_comm: EXITED.into(),
+                uid: u32::MAX,
+                cgroup: None,
+                pod_uid: None,
+                container_id: None,
+                cmdline: None,
+            });
+        };
         let ppid = u32::try_from(stat.ppid).unwrap_or(0);
         let parent_comm =
             procfs::process::Process::new_with_root(self.proc_root.join(ppid.to_string()))
@@ -117,7 +134,6 @@ impl Resolver {
                 .and_then(|pp| pp.stat().ok())
                 .map(|s| s.comm)
                 .unwrap_or_default();
-        let uid = p.uid().unwrap_or(u32::MAX);
         let (cgroup, cmdline) = match self.via_proc(pid, ppid) {
             Some((path, cmdline)) => (Some(path), cmdline),
             None => (None, None),

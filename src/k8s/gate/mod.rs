@@ -1,0 +1,324 @@
+//! The gate as a state machine: inputs arrive as transitions ([`Gate::on_report`],
+//! [`Gate::on_node`], [`Gate::on_event`], [`Gate::on_timer`], [`Gate::on_stop`]); each brings the
+//! node's marks to what the latest report says, through a [`NodeApi`], writing only what
+//! differs. Failures back off (one shared schedule for marks and events, spread so a fleet that
+//! failed together does not retry together) and are logged once per outage, not once per retry
+//! ([`Reach`]); the heartbeat beats on the node's own phase ([`Heartbeat`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+
+use super::events::{Queue, event_for, node_ready};
+use super::marks::{
+    Heartbeat, Reason, condition_update, desired_marks, is_older, label_matches, our_condition,
+    taints, taints_with,
+};
+use super::node_api::NodeApi;
+use super::reach::Reach;
+use super::{GateError, GateOptions, LABEL};
+use crate::agent::{Event, Report};
+use crate::backoff::Backoff;
+
+/// First retry after an API failure, doubling up to [`RETRY_MAX`], each delay uniform in
+/// `[base / 2, base]` ([`Backoff::spread`]). With the cap at 20 s, N agents that lost the API
+/// together come back at most N / 15 per second each (the gate's write and the watch: 2N / 15
+/// requests per second in all, under N / 5) and every one within 20 s of the API's return.
+pub const RETRY_START: Duration = Duration::from_millis(500);
+pub const RETRY_MAX: Duration = Duration::from_secs(20);
+
+#[derive(Debug)]
+struct Outage {
+    since: Instant,
+    retries: u32,
+}
+
+/// The gate's state.
+pub struct Gate<A: NodeApi> {
+    api: A,
+    opts: GateOptions,
+    node: Option<Node>,
+    node_missing_logged: bool,
+    report: Option<Arc<Report>>,
+    was_ready: Option<bool>,
+    queue: Queue,
+    retry: Backoff,
+    retry_at: Option<Instant>,
+    /// A failing streak of answers (403, 422, ...): the API is reachable but refuses.
+    outage: Option<Outage>,
+    /// The last failure was an unreachable API (see [`Reach`]).
+    unreachable: bool,
+    reach: Reach,
+    heartbeat: Heartbeat,
+    started: Instant,
+    ready_logged: bool,
+    /// Marks are not written while the host-network proof from the agent's Pod is pending: a
+    /// report made before it shows `net.*` unverified, and acting on it would drop the label a
+    /// previous agent set (a rolling update would flap scheduling).
+    held: bool,
+}
+
+impl<A: NodeApi> Gate<A> {
+    pub fn new(api: A, opts: GateOptions, now: Instant) -> Self {
+        Gate {
+            api,
+            node: None,
+            node_missing_logged: false,
+            report: None,
+            was_ready: None,
+            queue: Queue::default(),
+            retry: Backoff::spread(RETRY_START, RETRY_MAX),
+            retry_at: None,
+            outage: None,
+            unreachable: false,
+            reach: Reach::new(None),
+            heartbeat: Heartbeat::new(opts.heartbeat, &opts.node_name),
+            started: now,
+            ready_logged: false,
+            held: false,
+            opts,
+        }
+    }
+
+    /// Shares the API's reachability with the watch task (and its metrics).
+    pub fn with_reach(mut self, reach: Reach) -> Self {
+        self.reach = reach;
+        self
+    }
+
+    /// Holds (or releases) every write until the Pod's facts are known; see `held`. Releasing
+    /// forgets the report made before them: the next one is made with the proof.
+    pub fn hold(&mut self, on: bool) {
+        if self.held && !on {
+            self.report = None;
+        }
+        self.held = on;
+    }
+
+    pub fn api(&self) -> &A {
+        &self.api
+    }
+
+    /// A new report of the enforce loop.
+    pub async fn on_report(&mut self, report: Arc<Report>, now: Instant) {
+        self.report = Some(report);
+        self.step(now).await;
+    }
+
+    /// The Node as the watch (or a GET) shows it; `None`: it does not exist. An object older
+    /// than the one the agent already holds (its own write's answer) is ignored, so a lagging
+    /// watch never makes the next taint write carry a stale resourceVersion.
+    pub async fn on_node(&mut self, node: Option<Node>, now: Instant) {
+        match node {
+            Some(n) => {
+                if self.node.as_ref().is_some_and(|known| is_older(&n, known)) {
+                    return;
+                }
+                self.node = Some(n);
+                self.node_missing_logged = false;
+                if self.unreachable {
+                    // The watch got through: the API is back, write now rather than at the
+                    // next retry.
+                    self.retry_at = None;
+                }
+            }
+            None => {
+                self.node = None;
+                if !self.node_missing_logged {
+                    tracing::warn!(node = %self.opts.node_name, "node object not found; waiting for it");
+                    self.node_missing_logged = true;
+                }
+            }
+        }
+        self.step(now).await;
+    }
+
+    /// An event of the enforce loop, published once the node's marks are written.
+    pub async fn on_event(&mut self, e: &Event, now: Instant) {
+        self.queue.push(event_for(e));
+        self.step(now).await;
+    }
+
+    /// A retry or a heartbeat is due.
+    pub async fn on_timer(&mut self, now: Instant) {
+        self.step(now).await;
+    }
+
+    /// When [`Gate::on_timer`] should run next.
+    pub fn next_wake(&self, now: Instant) -> Instant {
+        if let Some(at) = self.retry_at {
+            return at;
+        }
+        let last = self
+            .node
+            .as_ref()
+            .and_then(our_condition)
+            .and_then(|c| c.last_heartbeat_time.as_ref())
+            .map(|t| t.0);
+        let wait = match last {
+            Some(t) => {
+                let until = self
+                    .heartbeat
+                    .next_after(t)
+                    .duration_since(Timestamp::now());
+                Duration::try_from(until)
+                    .unwrap_or_default()
+                    .max(Duration::from_millis(100))
+            }
+            None => self.opts.heartbeat,
+        };
+        now + wait
+    }
+
+    /// Graceful stop: the condition says Unknown / AgentStopped; label and taint stay, so a
+    /// rolling update does not flap scheduling. One attempt, bounded by the request timeout.
+    pub async fn on_stop(&mut self) {
+        let stopped = condition_update(
+            self.node.as_ref().and_then(our_condition),
+            "Unknown",
+            Reason::AgentStopped,
+            "redis-node-tuner stopped; kernel settings, label and taint are left as they were",
+            Timestamp::now(),
+            &Heartbeat::always(),
+        );
+        if let Some(c) = stopped {
+            match self.api.patch_condition(&c).await {
+                Ok(_) => tracing::info!("condition set to Unknown/AgentStopped"),
+                Err(e) => tracing::warn!(error = %e, "cannot write AgentStopped"),
+            }
+        }
+    }
+
+    async fn step(&mut self, now: Instant) {
+        if self.held || self.retry_at.is_some_and(|t| now < t) {
+            return;
+        }
+        let (Some(report), Some(_)) = (self.report.clone(), self.node.as_ref()) else {
+            return;
+        };
+        let result = match self.sync(&report).await {
+            Ok(()) => self.flush_events().await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                self.reach.answered();
+                self.unreachable = false;
+                if let Some(o) = self.outage.take() {
+                    tracing::info!(
+                        failing_ms = o.since.elapsed().as_millis() as u64,
+                        retries = o.retries,
+                        "node marks written again"
+                    );
+                }
+                self.retry.reset();
+                self.retry_at = None;
+                if report.ready && !self.ready_logged {
+                    self.ready_logged = true;
+                    tracing::info!(
+                        since_start_ms = self.started.elapsed().as_millis() as u64,
+                        "node marked ready: label set, taint removed, condition True"
+                    );
+                }
+            }
+            Err(e) => {
+                let was_unreachable = self.unreachable;
+                // An unreachable API is logged once per outage by `reach`; a refusal below.
+                self.unreachable = self.reach.failed(&e);
+                if was_unreachable && !self.unreachable {
+                    // The API answers again, if only with a refusal (an apiserver still starting
+                    // answers 403 until its RBAC caches fill): back off from the start again
+                    // rather than at the outage's length.
+                    self.retry.reset();
+                }
+                let delay = self.retry.next_delay();
+                self.retry_at = Some(now + delay);
+                if self.unreachable {
+                    return;
+                }
+                match &mut self.outage {
+                    Some(o) => {
+                        o.retries += 1;
+                        tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot update the node; retrying");
+                    }
+                    None => {
+                        tracing::warn!(error = %e, "cannot update the node; retrying with backoff");
+                        self.outage = Some(Outage {
+                            since: now,
+                            retries: 0,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Brings the node's marks to what `report` says. Writes only what differs: label, then
+    /// taint, then condition.
+    async fn sync(&mut self, report: &Report) -> Result<(), GateError> {
+        let Some(node) = self.node.clone() else {
+            return Ok(());
+        };
+        let want = desired_marks(report);
+        if !label_matches(&node, want.label) {
+            let mut n = self.api.apply_label(want.label).await?;
+            if !want.label
+                && n.metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(LABEL))
+            {
+                // Another manager's copy of the label: absent must really be absent.
+                n = self.api.remove_label().await?;
+            }
+            self.node = Some(n);
+        }
+        // With the taint turned off (`none`) it is never added, and removed if present.
+        let ours = if want.taint {
+            self.opts.taint_effect.as_deref()
+        } else {
+            None
+        };
+        if let Some(n) = &self.node
+            && taints_with(taints(n), ours).is_some()
+        {
+            self.node = Some(self.api.set_taint(Some(n), ours).await?);
+        }
+        if let Some(c) = condition_update(
+            self.node.as_ref().and_then(our_condition),
+            want.status,
+            want.reason,
+            &want.message,
+            Timestamp::now(),
+            &self.heartbeat,
+        ) {
+            self.node = Some(self.api.patch_condition(&c).await?);
+        }
+        if self.was_ready != Some(report.ready) {
+            if report.ready {
+                self.queue.push(node_ready());
+            }
+            self.was_ready = Some(report.ready);
+        }
+        Ok(())
+    }
+
+    /// Publishes queued events in order; stops at the first failure (kept for the retry).
+    /// Drift events that waited together (the first pass, a backlog) go out as one summary.
+    async fn flush_events(&mut self) -> Result<(), GateError> {
+        self.queue.summarize_drift();
+        let uid = self.node.as_ref().and_then(|n| n.metadata.uid.clone());
+        while let Some(e) = self.queue.pop() {
+            if let Err(err) = self.api.publish(&e, uid.as_deref()).await {
+                self.queue.unpop(e);
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,662 @@
+//! Exact request sequences of the gate's transitions, against a recording [`NodeApi`].
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+
+use k8s_openapi::api::core::v1::{NodeCondition, NodeSpec, NodeStatus, Pod, Taint};
+use kube::runtime::events::Event as KEvent;
+
+use super::*;
+use crate::agent::FailureKind;
+use crate::k8s::marks::tests::{knob, report};
+use crate::k8s::{CONDITION, TAINT_KEY};
+use crate::profile::Mode;
+
+/// What the fake does with the next request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    Timeout,
+    Forbidden,
+}
+
+/// A Node held in memory; every request is recorded as one line.
+#[derive(Default)]
+struct Fake {
+    node: RefCell<Node>,
+    log: RefCell<Vec<String>>,
+    faults: RefCell<VecDeque<Fault>>,
+    /// Another writer's taint, added between the agent's read and its write.
+    sneak_in: RefCell<Option<Taint>>,
+}
+
+impl Fake {
+    fn with_node(taints: Vec<Taint>) -> Fake {
+        let node = Node {
+            metadata: kube::api::ObjectMeta {
+                name: Some("n1".into()),
+                resource_version: Some("1".into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec {
+                taints: Some(taints),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus::default()),
+        };
+        Fake {
+            node: RefCell::new(node),
+            ..Fake::default()
+        }
+    }
+
+    fn take_log(&self) -> Vec<String> {
+        std::mem::take(&mut self.log.borrow_mut())
+    }
+
+    fn bump(&self) -> Node {
+        let mut n = self.node.borrow_mut();
+        let rv: u64 = n
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+        n.metadata.resource_version = Some((rv + 1).to_string());
+        n.clone()
+    }
+
+    fn request(&self, line: String) -> Result<(), GateError> {
+        self.log.borrow_mut().push(line);
+        match self.faults.borrow_mut().pop_front() {
+            None => Ok(()),
+            Some(Fault::Timeout) => Err(GateError::Timeout {
+                node: "n1".into(),
+                verb: "test",
+                after: Duration::from_secs(10),
+            }),
+            Some(Fault::Forbidden) => Err(GateError::Api {
+                node: "n1".into(),
+                source: kube::Error::Api(
+                    kube::core::Status::failure("forbidden", "Forbidden")
+                        .with_code(403)
+                        .boxed(),
+                ),
+            }),
+        }
+    }
+
+    fn taint_keys(&self) -> Vec<String> {
+        taints(&self.node.borrow())
+            .iter()
+            .map(|t| format!("{}:{}", t.key, t.effect))
+            .collect()
+    }
+}
+
+impl NodeApi for Fake {
+    async fn get(&self) -> Result<Node, GateError> {
+        self.request("get".into())?;
+        Ok(self.node.borrow().clone())
+    }
+    async fn apply_label(&self, on: bool) -> Result<Node, GateError> {
+        self.request(format!("apply label={on}"))?;
+        {
+            let mut n = self.node.borrow_mut();
+            let labels = n.metadata.labels.get_or_insert_default();
+            if on {
+                labels.insert(LABEL.into(), "true".into());
+            } else {
+                labels.remove(LABEL);
+            }
+        }
+        Ok(self.bump())
+    }
+    async fn remove_label(&self) -> Result<Node, GateError> {
+        self.request("remove label".into())?;
+        Ok(self.bump())
+    }
+    async fn put_taints(&self, rv: Option<&str>, t: &[Taint]) -> Result<Node, GateError> {
+        let keys: Vec<String> = t
+            .iter()
+            .map(|t| format!("{}:{}", t.key, t.effect))
+            .collect();
+        if let Some(other) = self.sneak_in.borrow_mut().take() {
+            self.node
+                .borrow_mut()
+                .spec
+                .get_or_insert_default()
+                .taints
+                .get_or_insert_default()
+                .push(other);
+            self.bump();
+        }
+        let current = self.node.borrow().metadata.resource_version.clone();
+        if rv != current.as_deref() {
+            self.log
+                .borrow_mut()
+                .push(format!("taints rv={} {keys:?} -> 409", rv.unwrap_or("-")));
+            return Err(GateError::Conflict {
+                node: "n1".into(),
+                attempts: 1,
+            });
+        }
+        self.request(format!("taints rv={} {keys:?}", rv.unwrap_or("-")))?;
+        self.node.borrow_mut().spec.get_or_insert_default().taints = Some(t.to_vec());
+        Ok(self.bump())
+    }
+    async fn patch_condition(&self, c: &NodeCondition) -> Result<Node, GateError> {
+        self.request(format!(
+            "condition {}/{}",
+            c.status,
+            c.reason.as_deref().unwrap_or_default()
+        ))?;
+        {
+            let mut n = self.node.borrow_mut();
+            let conds = n
+                .status
+                .get_or_insert_default()
+                .conditions
+                .get_or_insert_default();
+            conds.retain(|x| x.type_ != CONDITION);
+            conds.push(c.clone());
+        }
+        Ok(self.bump())
+    }
+    async fn delete_condition(&self) -> Result<Node, GateError> {
+        self.request("delete condition".into())?;
+        Ok(self.bump())
+    }
+    async fn publish(&self, e: &KEvent, _: Option<&str>) -> Result<(), GateError> {
+        self.request(format!("event {}", e.reason))
+    }
+    async fn get_pod(&self, _: &str, _: &str) -> Result<Pod, GateError> {
+        self.request("get pod".into())?;
+        Ok(Pod::default())
+    }
+}
+
+fn opts() -> GateOptions {
+    GateOptions {
+        node_name: "n1".into(),
+        taint_effect: Some("NoSchedule".into()),
+        heartbeat: Duration::from_secs(300),
+        pod: None,
+        request_timeout: Duration::from_secs(10),
+        watch_timeout: Duration::from_secs(290),
+    }
+}
+
+fn ours(effect: &str) -> Taint {
+    Taint {
+        key: TAINT_KEY.into(),
+        effect: effect.into(),
+        value: None,
+        time_added: None,
+    }
+}
+
+fn untuned() -> Arc<Report> {
+    Arc::new(report(
+        false,
+        vec![knob(
+            "thp.enabled",
+            "always",
+            false,
+            Some("read-only file system"),
+        )],
+    ))
+}
+
+fn tuned() -> Arc<Report> {
+    Arc::new(report(true, vec![knob("thp.enabled", "never", true, None)]))
+}
+
+fn drift_events() -> [Event; 2] {
+    [
+        Event::DriftDetected {
+            knob: "thp.enabled".into(),
+            desired: "never".into(),
+            actual: "always".into(),
+            mode: Mode::Enforce,
+            writer: None,
+        },
+        Event::Corrected {
+            knob: "thp.enabled".into(),
+            from: "always".into(),
+            to: "never".into(),
+            writer: None,
+        },
+    ]
+}
+
+async fn started(fake: Fake, r: Arc<Report>) -> (Gate<Fake>, Instant) {
+    let t0 = Instant::now();
+    let mut g = Gate::new(fake, opts(), t0);
+    g.on_report(r, t0).await;
+    assert!(
+        g.api.take_log().is_empty(),
+        "nothing before the node is known"
+    );
+    let node = g.api.node.borrow().clone();
+    g.on_node(Some(node), t0).await;
+    (g, t0)
+}
+
+#[tokio::test]
+async fn start_on_an_untuned_node_taints_it_and_says_why() {
+    let (g, _) = started(Fake::with_node(vec![]), untuned()).await;
+    assert_eq!(
+        g.api.take_log(),
+        [
+            "taints rv=1 [\"redis-node-tuner.io/not-ready:NoSchedule\"]",
+            "condition False/CorrectionFailed"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn start_on_a_tuned_tainted_node_marks_it_before_any_event() {
+    let other = Taint {
+        key: "dedicated".into(),
+        effect: "NoSchedule".into(),
+        value: Some("redis".into()),
+        time_added: None,
+    };
+    let (mut g, t0) = started(Fake::with_node(vec![other, ours("NoSchedule")]), tuned()).await;
+    assert_eq!(
+        g.api.take_log(),
+        [
+            "apply label=true",
+            "taints rv=2 [\"dedicated:NoSchedule\"]",
+            "condition True/AllSettingsInSync",
+            "event NodeReady",
+        ]
+    );
+    // Nothing changes: nothing is written.
+    g.on_report(tuned(), t0).await;
+    g.on_timer(t0).await;
+    assert!(g.api.take_log().is_empty());
+}
+
+#[tokio::test]
+async fn drift_corrected_within_a_pass_is_two_events_and_no_mark_change() {
+    let (mut g, t0) = started(Fake::with_node(vec![]), tuned()).await;
+    g.api.take_log();
+    for e in drift_events() {
+        g.on_event(&e, t0).await;
+    }
+    g.on_report(tuned(), t0).await;
+    assert_eq!(
+        g.api.take_log(),
+        ["event DriftDetected", "event DriftCorrected"]
+    );
+}
+
+#[tokio::test]
+async fn failure_then_recovery_flips_every_mark_back() {
+    let (mut g, t0) = started(Fake::with_node(vec![]), tuned()).await;
+    g.api.take_log();
+    g.on_event(
+        &Event::CorrectionFailed {
+            knob: "thp.enabled".into(),
+            error: "thp.enabled: read-only file system".into(),
+            kind: FailureKind::Kernel(crate::kernel::ErrorKind::ReadOnly),
+        },
+        t0,
+    )
+    .await;
+    g.on_report(untuned(), t0).await;
+    assert_eq!(
+        g.api.take_log(),
+        [
+            "event CorrectionFailed",
+            "apply label=false",
+            "taints rv=4 [\"redis-node-tuner.io/not-ready:NoSchedule\"]",
+            "condition False/CorrectionFailed",
+        ]
+    );
+    g.on_report(tuned(), t0).await;
+    assert_eq!(
+        g.api.take_log(),
+        [
+            "apply label=true",
+            "taints rv=7 []",
+            "condition True/AllSettingsInSync",
+            "event NodeReady",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_conflict_rereads_and_keeps_the_other_writers_taint() {
+    let fake = Fake::with_node(vec![]);
+    let theirs = Taint {
+        key: "other".into(),
+        effect: "NoExecute".into(),
+        value: None,
+        time_added: None,
+    };
+    *fake.sneak_in.borrow_mut() = Some(theirs);
+    let (g, _) = started(fake, untuned()).await;
+    assert_eq!(
+        g.api.take_log(),
+        [
+            "taints rv=1 [\"redis-node-tuner.io/not-ready:NoSchedule\"] -> 409",
+            "get",
+            "taints rv=2 [\"other:NoExecute\", \"redis-node-tuner.io/not-ready:NoSchedule\"]",
+            "condition False/CorrectionFailed",
+        ]
+    );
+    assert_eq!(
+        g.api.taint_keys(),
+        [
+            "other:NoExecute",
+            "redis-node-tuner.io/not-ready:NoSchedule"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_api_outage_backs_off_then_catches_up_with_the_latest_report() {
+    let fake = Fake::with_node(vec![ours("NoSchedule")]);
+    fake.faults.borrow_mut().extend([Fault::Timeout]);
+    let (mut g, t0) = started(fake, tuned()).await;
+    assert_eq!(g.api.take_log(), ["apply label=true"]);
+    let retry = g.next_wake(t0);
+    assert!(
+        retry > t0 && retry <= t0 + RETRY_START.mul_f64(1.2),
+        "{:?}",
+        retry - t0
+    );
+    // Reports during the backoff write nothing.
+    g.on_report(tuned(), t0 + Duration::from_millis(10)).await;
+    g.on_event(&drift_events()[0], t0 + Duration::from_millis(10))
+        .await;
+    assert!(g.api.take_log().is_empty());
+    // Due: everything is written, marks first, then the events.
+    g.on_timer(retry).await;
+    assert_eq!(
+        g.api.take_log(),
+        [
+            "apply label=true",
+            "taints rv=2 []",
+            "condition True/AllSettingsInSync",
+            "event DriftDetected",
+            "event NodeReady",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_lagging_watch_event_does_not_replace_the_agents_newer_write() {
+    let fake = Fake::with_node(vec![ours("NoSchedule")]);
+    let stale = fake.node.borrow().clone();
+    let (mut g, t0) = started(fake, tuned()).await;
+    g.api.take_log();
+    g.on_node(Some(stale), t0).await;
+    assert!(
+        g.api.take_log().is_empty(),
+        "a stale view must not cause writes"
+    );
+    g.on_report(untuned(), t0).await;
+    let log = g.api.take_log();
+    assert!(log.iter().all(|l| !l.ends_with("409")), "{log:?}");
+}
+
+#[tokio::test]
+async fn nothing_is_written_while_the_pod_proof_is_pending() {
+    let fake = Fake::with_node(vec![]);
+    let t0 = Instant::now();
+    let mut g = Gate::new(fake, opts(), t0);
+    g.hold(true);
+    let node = g.api.node.borrow().clone();
+    g.on_node(Some(node), t0).await;
+    // A report made before the proof: net.* unverified, not ready.
+    g.on_report(untuned(), t0).await;
+    g.on_timer(t0).await;
+    assert!(g.api.take_log().is_empty());
+    g.hold(false);
+    g.on_timer(t0).await;
+    assert!(
+        g.api.take_log().is_empty(),
+        "the report from before the proof is forgotten"
+    );
+    g.on_report(tuned(), t0).await;
+    assert_eq!(
+        g.api.take_log(),
+        [
+            "apply label=true",
+            "condition True/AllSettingsInSync",
+            "event NodeReady"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn stop_writes_agent_stopped_and_leaves_label_and_taint() {
+    let (mut g, _) = started(Fake::with_node(vec![]), untuned()).await;
+    g.api.take_log();
+    g.on_stop().await;
+    assert_eq!(g.api.take_log(), ["condition Unknown/AgentStopped"]);
+    assert_eq!(
+        g.api.taint_keys(),
+        ["redis-node-tuner.io/not-ready:NoSchedule"]
+    );
+}
+
+/// The node as the agent's label write left it: the watch event that lags behind the
+/// agent's taint and condition writes.
+#[tokio::test]
+async fn a_stale_watch_event_between_writes_cannot_make_the_next_write_conflict() {
+    let fake = Fake::with_node(vec![ours("NoSchedule")]);
+    let (mut g, t0) = started(fake, tuned()).await;
+    assert_eq!(
+        g.api.take_log(),
+        [
+            "apply label=true",
+            "taints rv=2 []",
+            "condition True/AllSettingsInSync",
+            "event NodeReady"
+        ]
+    );
+    // The agent holds rv 4 (its condition write); the watch now delivers rv 2 (its label
+    // write) and rv 3 (its taint write), late.
+    let mut stale = g.api.node.borrow().clone();
+    stale.metadata.resource_version = Some("2".into());
+    stale.spec.get_or_insert_default().taints = Some(vec![ours("NoSchedule")]);
+    g.on_node(Some(stale.clone()), t0).await;
+    stale.metadata.resource_version = Some("3".into());
+    g.on_node(Some(stale), t0).await;
+    assert!(g.api.take_log().is_empty(), "a stale view caused writes");
+    // The next taint write carries the version of the agent's own last write: no 409.
+    g.on_report(untuned(), t0).await;
+    assert_eq!(
+        g.api.take_log(),
+        [
+            "apply label=false",
+            "taints rv=5 [\"redis-node-tuner.io/not-ready:NoSchedule\"]",
+            "condition False/CorrectionFailed"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_first_pass_is_marks_then_one_summary_event_then_node_ready() {
+    let fake = Fake::with_node(vec![ours("NoSchedule")]);
+    let t0 = Instant::now();
+    let mut g = Gate::new(fake, opts(), t0);
+    // The first pass: its events, then its report, all before the Node is known.
+    for knob in ["vm.overcommit_memory", "net.core.somaxconn", "thp.enabled"] {
+        for e in drift_events() {
+            let e = match e {
+                Event::DriftDetected {
+                    desired,
+                    actual,
+                    mode,
+                    ..
+                } => Event::DriftDetected {
+                    knob: knob.into(),
+                    desired,
+                    actual,
+                    mode,
+                    writer: None,
+                },
+                Event::Corrected { from, to, .. } => Event::Corrected {
+                    knob: knob.into(),
+                    from,
+                    to,
+                    writer: None,
+                },
+                other => other,
+            };
+            g.on_event(&e, t0).await;
+        }
+    }
+    g.on_report(tuned(), t0).await;
+    assert!(g.api.take_log().is_empty());
+    let node = g.api.node.borrow().clone();
+    g.on_node(Some(node), t0).await;
+    // 3 marks + 2 events (+ the watch's GET and WATCH): 7 requests at start, 8 with the
+    // agent's Pod read.
+    assert_eq!(
+        g.api.take_log(),
+        [
+            "apply label=true",
+            "taints rv=2 []",
+            "condition True/AllSettingsInSync",
+            "event DriftSummary",
+            "event NodeReady",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_outage_is_one_warning_and_one_info_line_and_a_metric_whatever_the_retries() {
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let reach = Reach::new(Some(metrics.clone()));
+    let fake = Fake::with_node(vec![]);
+    fake.faults.borrow_mut().extend([Fault::Timeout; 12]);
+    let t0 = Instant::now();
+    let mut g = Gate::new(fake, opts(), t0).with_reach(reach.clone());
+    g.on_report(tuned(), t0).await;
+    let node = g.api.node.borrow().clone();
+    g.on_node(Some(node), t0).await;
+    // The watch task shares the same `reach`: its failures add no line either.
+    let e = GateError::Timeout {
+        node: "n1".into(),
+        verb: "watch",
+        after: Duration::from_secs(10),
+    };
+    for _ in 0..5 {
+        reach.failed(&e);
+    }
+    let mut now = t0;
+    for _ in 0..11 {
+        now = g.next_wake(now);
+        g.on_timer(now).await;
+    }
+    assert!(reach.is_down());
+    let m = metrics.encode_prometheus();
+    assert!(m.contains("redis_node_tuner_kube_api_reachable 0"), "{m}");
+    assert!(
+        m.contains("redis_node_tuner_kube_api_outages_total 1"),
+        "{m}"
+    );
+    // Backoff grew towards the cap and stays within it.
+    let wait = g.next_wake(now) - now;
+    assert!(wait <= RETRY_MAX && wait >= RETRY_MAX / 4, "{wait:?}");
+    // The watch gets through: the gate writes at once instead of at its next retry.
+    let node = g.api.node.borrow().clone();
+    g.on_node(Some(node), now).await;
+    assert_eq!(
+        g.api.take_log().last().map(String::as_str),
+        Some("event NodeReady")
+    );
+    assert!(!reach.is_down());
+    let m = metrics.encode_prometheus();
+    assert!(m.contains("redis_node_tuner_kube_api_reachable 1"), "{m}");
+    // One warning when it started, one info line when it ended: 2 lines for 17 failed
+    // attempts (the lines themselves are asserted end to end in tests/kube.rs).
+    assert_eq!(g.reach.lines_logged(), 2);
+    // A refusal (403) is an answer, not an outage.
+    let forbidden = GateError::Api {
+        node: "n1".into(),
+        source: kube::Error::Api(
+            kube::core::Status::failure("forbidden", "Forbidden")
+                .with_code(403)
+                .boxed(),
+        ),
+    };
+    assert!(!reach.failed(&forbidden));
+    assert!(!reach.is_down());
+}
+
+#[tokio::test]
+async fn a_refusal_right_after_an_outage_is_retried_soon_not_at_the_outages_backoff() {
+    let fake = Fake::with_node(vec![]);
+    fake.faults.borrow_mut().extend([Fault::Timeout; 8]);
+    fake.faults.borrow_mut().push_back(Fault::Forbidden);
+    let (mut g, t0) = started(fake, tuned()).await;
+    let mut now = t0;
+    for _ in 0..8 {
+        now = g.next_wake(now);
+        g.on_timer(now).await;
+    }
+    // The 9th attempt is answered with a 403 (an apiserver that is still starting).
+    assert!(
+        g.next_wake(now) - now <= RETRY_START,
+        "{:?}",
+        g.next_wake(now) - now
+    );
+    now = g.next_wake(now);
+    g.on_timer(now).await;
+    assert_eq!(
+        g.api.take_log().last().map(String::as_str),
+        Some("event NodeReady")
+    );
+}
+
+#[tokio::test]
+async fn the_heartbeat_is_due_on_the_nodes_own_phase_not_an_interval_after_the_last_write() {
+    let (g, t0) = started(Fake::with_node(vec![]), tuned()).await;
+    let last = g
+        .node
+        .as_ref()
+        .and_then(our_condition)
+        .and_then(|c| c.last_heartbeat_time.as_ref())
+        .map(|t| t.0)
+        .unwrap_or_default();
+    let hb = Heartbeat::new(opts().heartbeat, "n1");
+    let slot = hb.next_after(last);
+    let wake = g.next_wake(t0);
+    let expected = Duration::try_from(slot.duration_since(Timestamp::now())).unwrap_or_default();
+    // Within a second of the node's slot (the test's own running time aside).
+    let diff = (wake - t0).abs_diff(expected);
+    assert!(diff < Duration::from_secs(1), "{wake:?} vs {expected:?}");
+    assert!(wake - t0 <= opts().heartbeat);
+}
+
+#[tokio::test]
+async fn heartbeat_rewrites_the_condition_when_due() {
+    let (mut g, t0) = started(Fake::with_node(vec![]), tuned()).await;
+    g.api.take_log();
+    // Age the condition past the heartbeat.
+    {
+        let mut n = g.node.take().unwrap_or_default();
+        for c in n
+            .status
+            .get_or_insert_default()
+            .conditions
+            .get_or_insert_default()
+        {
+            c.last_heartbeat_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::now() - Duration::from_secs(301),
+            ));
+        }
+        g.node = Some(n);
+    }
+    assert!(g.next_wake(t0) <= t0 + Duration::from_millis(100));
+    g.on_timer(t0).await;
+    assert_eq!(g.api.take_log(), ["condition True/AllSettingsInSync"]);
+}
