@@ -59,18 +59,10 @@ impl Rule {
     }
 }
 
-/// Where a write was seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Sysctl,
-    Sysfs,
-}
-
 /// `struct event`, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawWrite {
     pub knob: u32,
-    pub source: Source,
     pub refused: bool,
     pub pid: u32,
     pub tid: u32,
@@ -106,18 +98,15 @@ impl RawWrite {
         if b.len() < EVENT_SIZE {
             return None;
         }
-        let source = match u32_at(b, 4) {
-            1 => Source::Sysctl,
-            2 => Source::Sysfs,
-            _ => return None,
-        };
+        if u32_at(b, 4) != 1 {
+            return None; // `source`: 1, a sysctl write, is all the program reports
+        }
         let mut id = [0u8; 8];
         id.copy_from_slice(&b[32..40]);
         let old_len = u32_at(b, 40) as usize;
         let new_len = u32_at(b, 44) as usize;
         Some(RawWrite {
             knob: u32_at(b, 0),
-            source,
             refused: u32_at(b, 8) != 0,
             pid: u32_at(b, 12),
             tid: u32_at(b, 16),
@@ -127,7 +116,7 @@ impl RawWrite {
             cgroup_id: u64::from_ne_bytes(id),
             comm: text(&b[48..48 + COMM_LEN], None),
             parent_comm: text(&b[64..64 + COMM_LEN], None),
-            old: (source == Source::Sysctl).then(|| text(&b[80..80 + VALUE_LEN], Some(old_len))),
+            old: Some(text(&b[80..80 + VALUE_LEN], Some(old_len))),
             new: text(&b[112..112 + VALUE_LEN], Some(new_len)),
         })
     }
@@ -251,15 +240,14 @@ fn missing(what: &str) -> Unavailable {
 }
 
 /// Loads the object, fills the maps and attaches: the sysctl program to `cgroup_root` (the
-/// cgroup v2 root), the tracepoint to `sys_exit`.
+/// cgroup v2 root).
 pub fn load(object: &[u8], cgroup_root: &Path, list: &Watchlist) -> Result<Loaded, Unavailable> {
     let pidns = std::fs::metadata("/proc/self/ns/pid").map_err(|e| Unavailable {
         reason: "load_failed",
         message: format!("/proc/self/ns/pid: {e}"),
     })?;
-    let (dev, ino, tgid) = (pidns.dev(), pidns.ino(), std::process::id());
+    let (ino, tgid) = (pidns.ino(), std::process::id());
     let mut ebpf = EbpfLoader::new()
-        .override_global("self_pidns_dev", &dev, true)
         .override_global("self_pidns_ino", &ino, true)
         .override_global("self_tgid", &tgid, true)
         .load(object)
@@ -354,7 +342,6 @@ mod tests {
             w,
             RawWrite {
                 knob: 2,
-                source: Source::Sysctl,
                 refused: true,
                 pid: 4242,
                 tid: 4243,

@@ -216,7 +216,6 @@ mod tests {
     fn a_write_becomes_a_notice_with_its_values_and_writer() {
         let raw = RawWrite {
             knob: 1,
-            source: bpf::Source::Sysctl,
             refused: true,
             pid: 42,
             tid: 43,
