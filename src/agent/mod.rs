@@ -234,9 +234,10 @@ impl Agent {
             None => Default::default(),
         };
         let writer = taken.writer();
+        let seen_by = taken.seen_by();
         let drift = state == State::Drift;
         let read = actual_text(&obs);
-        announce(t, mem, &obs, &state, writer.clone(), events);
+        announce(t, mem, &obs, &state, (writer.clone(), seen_by), events);
         let mut note = None;
         let mut undone = false;
         if let Action::Correct(value) = reconcile::decide(t.mode, &t.desired, &state) {
@@ -319,7 +320,7 @@ fn announce(
     mem: &mut Memory,
     obs: &Observed,
     state: &State,
-    writer: Option<Arc<crate::foreign::Writer>>,
+    (writer, seen_by): (Option<Arc<crate::foreign::Writer>>, &'static str),
     events: &mut Vec<Event>,
 ) {
     if *state == State::Drift && mem.last != Some(StateKind::Drift) {
@@ -329,6 +330,7 @@ fn announce(
             actual: actual_text(obs),
             mode: t.mode,
             writer: writer.clone(),
+            seen_by,
         });
     }
     if let State::Error(e) = state

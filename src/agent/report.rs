@@ -119,6 +119,9 @@ pub enum Event {
         mode: Mode,
         /// The process whose write drifted it, when the writer watch saw it.
         writer: Option<Arc<Writer>>,
+        /// What found it: `inotify`, `fanotify` or `sysctl` (a watcher's notice woke the
+        /// pass), or `poll`.
+        seen_by: &'static str,
     },
     Corrected {
         knob: String,
@@ -179,6 +182,7 @@ pub(super) fn log_event(e: &Event) {
             actual,
             mode,
             writer,
+            seen_by,
         } => with_writer!(
             warn,
             writer,
@@ -186,6 +190,7 @@ pub(super) fn log_event(e: &Event) {
             desired,
             actual,
             mode = mode.as_str(),
+            seen_by,
             "drift detected"
         ),
         Event::Corrected {

@@ -70,7 +70,8 @@ fn higher_somaxconn_is_never_lowered_and_audit_is_never_written() {
         desired: "1".into(),
         actual: "0".into(),
         mode: Mode::Audit,
-        writer: None
+        writer: None,
+        seen_by: "poll",
     }));
     // Audit-mode drift does not make the node unready.
     assert!(r.ready, "{r:#?}");

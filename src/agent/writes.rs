@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::foreign::{Inbox, Notice, WriteAction, Writer};
+use crate::foreign::{Inbox, Notice, Source, WriteAction, Writer};
 use crate::kernel::Reading;
 use crate::profile::Mode;
 use crate::reconcile::{self, Target};
@@ -57,6 +57,20 @@ impl Taken {
 
     pub(super) fn any(&self) -> bool {
         self.written || !self.named.is_empty()
+    }
+
+    /// Which watcher woke the pass for this knob (`poll`: none did).
+    pub(super) fn seen_by(&self) -> &'static str {
+        let has = |s: Source| self.named.iter().any(|n| n.source == s);
+        if has(Source::Sysctl) {
+            "sysctl"
+        } else if has(Source::Fanotify) {
+            "fanotify"
+        } else if self.written {
+            "inotify"
+        } else {
+            "poll"
+        }
     }
 }
 

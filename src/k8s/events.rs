@@ -21,6 +21,7 @@ pub fn event_for(e: &Event) -> KEvent {
             actual,
             mode,
             writer,
+            ..
         } => (
             EventType::Warning,
             "DriftDetected",
@@ -241,6 +242,7 @@ mod tests {
                 actual: from.into(),
                 mode: crate::profile::Mode::Enforce,
                 writer: None,
+                seen_by: "poll",
             },
             Event::Corrected {
                 knob: knob.into(),
@@ -370,6 +372,7 @@ mod tests {
             actual: "0".into(),
             mode: crate::profile::Mode::Enforce,
             writer: Some(w.clone()),
+            seen_by: "poll",
         });
         assert_eq!(
             e.note.as_deref(),

@@ -220,6 +220,7 @@ fn drift_events() -> [Event; 2] {
             actual: "always".into(),
             mode: Mode::Enforce,
             writer: None,
+            seen_by: "poll",
         },
         Event::Corrected {
             knob: "thp.enabled".into(),
@@ -501,6 +502,7 @@ async fn the_first_pass_is_marks_then_one_summary_event_then_node_ready() {
                     actual,
                     mode,
                     writer: None,
+                    seen_by: "poll",
                 },
                 Event::Corrected { from, to, .. } => Event::Corrected {
                     knob: knob.into(),
