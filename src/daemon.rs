@@ -168,6 +168,8 @@ fn enforce_loop(
     let mut notified = false;
     let mut next = Instant::now();
     let mut last: Option<Arc<Report>> = None;
+    let mut forward_limit = crate::agent::EventLimit::default();
+    let (mut dropped, mut last_drop_line) = (0u64, None);
     loop {
         loop {
             let now = Instant::now();
@@ -195,6 +197,9 @@ fn enforce_loop(
         next = (start + interval).max(Instant::now());
         if agent.has_pending() {
             next = next.min(Instant::now() + PENDING_RETRY);
+        }
+        if let Some(retry) = agent.next_retry() {
+            next = next.min(retry.max(Instant::now()));
         }
         for o in agent.take_foreign_outcomes() {
             metrics.foreign_write(&o);
@@ -225,9 +230,19 @@ fn enforce_loop(
         }
         if let Some(tx) = &out.events {
             for e in events {
-                if tx.try_send(e).is_err() {
-                    tracing::warn!("reporter is behind: event dropped");
+                if forward_limit.admit(&e, start).is_none() {
+                    continue; // a storm: one event of a kind per knob a second
                 }
+                if tx.try_send(e).is_err() {
+                    dropped += 1;
+                }
+            }
+            if dropped > 0
+                && last_drop_line.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(1))
+            {
+                tracing::warn!(dropped, "reporter is behind: events dropped");
+                last_drop_line = Some(Instant::now());
+                dropped = 0;
             }
         }
         out.reports.send_replace(Some(report.clone()));

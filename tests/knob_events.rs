@@ -572,3 +572,37 @@ fn without_cap_sys_admin_fanotify_is_a_permission_error_and_inotify_works() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A watch is on one inode, and procfs makes an inode per mount: a write through another
+/// procfs instance (a container's own `/proc`, `sysctl -w` in a privileged pod) changes the
+/// same knob and raises nothing here. sysfs shares its superblock within a network namespace,
+/// so a second sysfs mount there is seen. (Measured on THP with the value it had: a sysfs of
+/// another network namespace is another superblock, and not seen either.) README, "Writer
+/// watch": the sysctl program or the poll catches those writes.
+#[test]
+fn a_write_through_another_procfs_instance_is_not_seen_a_second_sysfs_mount_is() {
+    let a = Netns::new();
+    let path = Path::new(SOMAXCONN);
+    let mut w = a.inotify(path);
+    let mut g = a.fanotify(path, NOBODY);
+    a.sh(&format!(
+        "d=$(mktemp -d) && unshare -m sh -c \"mount -t proc proc $d && echo 3333 > $d/sys/net/core/somaxconn\"; rmdir $d"
+    ));
+    assert_eq!(
+        a.read(path),
+        "3333",
+        "the write through the second procfs applied"
+    );
+    assert_eq!(inotify_now(&mut w), Vec::<usize>::new());
+    assert_eq!(fanotify_now(&mut g), vec![]);
+
+    let txq = txq(DEV);
+    let mut w = a.inotify(&txq);
+    let mut g = a.fanotify(&txq, NOBODY);
+    a.sh(&format!(
+        "d=$(mktemp -d) && unshare -m sh -c \"mount -t sysfs sysfs $d && echo 777 > $d/class/net/{DEV}/tx_queue_len\"; rmdir $d"
+    ));
+    assert_eq!(a.read(&txq), "777");
+    assert_eq!(inotify_now(&mut w), vec![KNOB]);
+    assert_eq!(fanotify_now(&mut g).len(), 1);
+}

@@ -835,6 +835,17 @@ patches:
     cluster.wait(30, "THP enabled back to never", || {
         (thp("enabled") == "never").then_some(())
     });
+    // The base DaemonSet holds no capability: the inotify watch on its hostPath mount of the
+    // host's sysfs found the write and woke the pass, not the 1 s poll.
+    let agent_log = cluster.ok(&["logs", "-n", NS, &agent]);
+    assert!(
+        agent_log
+            .lines()
+            .any(|l| l.contains("\"message\":\"drift detected\"")
+                && l.contains("\"knob\":\"thp.enabled\"")
+                && l.contains("\"seen_by\":\"inotify\"")),
+        "the drift was not found by the inotify watch:\n{agent_log}"
+    );
     cluster.wait(30, "node marked ready after the drift", || {
         cluster.node_marked_ready().then_some(())
     });

@@ -747,6 +747,24 @@ fn drift_is_corrected_and_journalled() {
             _ => panic!("{knob}: no `drift detected` then `drift corrected`: {log:#?}"),
         }
     }
+    // The unit holds no capability: inotify found the write made through the procfs the agent
+    // watches (the node's own `echo`). The node is a container with a procfs of its own and
+    // the sysfs of its own network namespace, so the host's writes to overcommit and THP came
+    // through another procfs and another sysfs: no watch sees those, the poll did (README,
+    // "Writer watch"). On a real host there is one of each.
+    for (knob, by) in [
+        ("net.core.somaxconn", "inotify"),
+        ("thp.enabled", "poll"),
+        ("vm.overcommit_memory", "poll"),
+    ] {
+        assert!(
+            log.iter().any(|l| l.contains("drift detected")
+                && l.contains(knob)
+                && (l.contains(&format!("seen_by={by}"))
+                    || l.contains(&format!("seen_by=\"{by}\"")))),
+            "{knob}: not found by {by}: {log:#?}"
+        );
+    }
     assert_eq!(
         node.show(UNIT, &["StatusText"])["StatusText"],
         "every enforce-mode setting is in sync"

@@ -505,3 +505,69 @@ fn the_committed_bpf_object_is_built_from_its_source() {
         "bpf/writers.bpf.o is not the build of bpf/writers.bpf.c: run bpf/build.sh and commit it"
     );
 }
+
+/// The agent's resident memory (`VmRSS`), in kB.
+fn rss_kb(pid: u32) -> u64 {
+    host::read(Path::new(&format!("/proc/{pid}/status")))
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A writer rewriting `vm.overcommit_memory` to 0 as fast as it can for 5 s (measured before
+/// the bounds: 15,600 log lines a second): the agent keeps correcting, stays under the
+/// DaemonSet's 32 MiB memory limit, and its log stays bounded (one line per writer and knob a
+/// second for the writes, one event line of a kind per knob a second).
+#[test]
+fn a_write_storm_is_corrected_with_a_bounded_log_and_memory() {
+    const SECONDS: u64 = 5;
+    let _g = HostGuard::take();
+    tuned();
+    let a = Agent::start(&[]);
+    let before = a.logs().lines().count();
+    let storm = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import time\nend = time.time() + {SECONDS}\nn = 0\nwhile time.time() < end:\n    \
+             with open('{OVERCOMMIT_PATH}', 'w') as f:\n        f.write('0')\n    n += 1\nprint(n)"
+        ))
+        .output()
+        .expect("python3");
+    assert!(storm.status.success(), "{storm:?}");
+    let writes: u64 = String::from_utf8_lossy(&storm.stdout)
+        .trim()
+        .parse()
+        .expect("the count of writes");
+    assert!(
+        wait_for(Duration::from_secs(10), || overcommit() == "1"),
+        "not corrected after the storm:\n{}",
+        a.logs()
+    );
+    let lines = a.logs().lines().count() - before;
+    eprintln!("storm: {writes} writes in {SECONDS} s, {lines} log lines");
+    assert!(writes > 1000, "the storm wrote only {writes} times");
+    // 20 write lines a second in all, 1 drift and 1 correction line a second, and slack for
+    // the lines of the last second and the watch's own.
+    let bound = SECONDS * 30;
+    assert!(
+        (lines as u64) <= bound,
+        "{lines} log lines for {writes} writes in {SECONDS} s (bound {bound}):\n{}",
+        a.logs()
+    );
+    let rss = rss_kb(a.child.id());
+    assert!(rss > 0 && rss < 32 * 1024, "RSS {rss} kB after the storm");
+    // Still counted: the writes of the storm, by the writer's name.
+    let m = a.metrics();
+    let counted: u64 = m
+        .lines()
+        .filter(|l| {
+            l.starts_with(
+                "redis_node_tuner_foreign_writes_total{setting=\"vm.overcommit_memory\",writer=\"python3\"",
+            )
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum();
+    assert!(counted > 0, "no foreign write counted:\n{m}");
+}

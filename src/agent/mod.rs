@@ -12,13 +12,13 @@ mod writes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use report::{Event, Failure, FailureKind, KnobReport, Report};
+pub use report::{Event, EventLimit, Failure, FailureKind, KnobReport, Report};
 pub use writes::{LINES_PER_SECOND, Outcome, PENDING_GRACE};
 
 use crate::backoff::jittered;
 use crate::foreign::{Inbox, WatchedKnob};
 use crate::journal::Journal;
-use crate::kernel::{HostFs, KernelError, Reading};
+use crate::kernel::{ErrorKind, HostFs, KernelError, Reading};
 use crate::profile::{Mode, Profile};
 use crate::reconcile::{self, Action, Observed, State, StateKind, Target};
 
@@ -72,12 +72,20 @@ pub struct Agent {
     lock_missing: Option<String>,
     /// A change of [`Agent::set_lock_missing`] to announce at the next pass.
     lock_event: Option<Event>,
+    /// The log lines of events, at most one of a kind per knob a second.
+    log_limit: EventLimit,
 }
 
-/// The wait after `failures` failed corrections: the interval doubling up to [`MAX_BACKOFF`],
-/// ±20 % jitter.
+/// The first wait after a failed correction, at most: with a long interval (the watchers do the
+/// work), a write that a concurrent writer undid at once is retried soon after the contest
+/// ends, not an interval later.
+pub const FIRST_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The wait after `failures` failed corrections: the interval (at most [`FIRST_BACKOFF_MAX`])
+/// doubling up to [`MAX_BACKOFF`], ±20 % jitter.
 fn backoff(interval: Duration, failures: u32) -> Duration {
     let base = interval
+        .min(FIRST_BACKOFF_MAX)
         .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
         .min(MAX_BACKOFF);
     jittered(base, 0.2)
@@ -98,6 +106,7 @@ impl Agent {
             writes: writes::Writes::default(),
             lock_missing: None,
             lock_event: None,
+            log_limit: EventLimit::default(),
         }
     }
 
@@ -118,6 +127,16 @@ impl Agent {
     /// Takes foreign writes from the watchers: a knob with one runs a full pass.
     pub fn attach_inbox(&mut self, inbox: Arc<Inbox>) {
         self.inbox = Some(inbox);
+    }
+
+    /// When the earliest correction waiting on its backoff is due.
+    pub fn next_retry(&self) -> Option<Instant> {
+        let now = Instant::now();
+        self.memory
+            .iter()
+            .filter_map(|m| m.retry_at)
+            .filter(|at| *at > now)
+            .min()
     }
 
     /// Foreign writes waiting for a pass (or a correction waiting for its writer's name).
@@ -215,7 +234,9 @@ impl Agent {
         self.writes.expire_unnamed(&self.targets, now);
         events.extend(self.lock_event.take());
         for e in &events {
-            log_event(e);
+            if let Some(repeated) = self.log_limit.admit(e, now) {
+                log_event(e, repeated);
+            }
         }
         let report = Arc::new(self.report(settings));
         self.last = Some(report.clone());
@@ -268,7 +289,15 @@ impl Agent {
                     }
                     Err(failure) => {
                         mem.failures += 1;
-                        mem.retry_at = Some(now + backoff(self.interval, mem.failures));
+                        // Written, then rewritten by someone else before the read-back: a
+                        // contest, not a fault of ours; retried within a second, never later.
+                        let failures = if failure.kind == FailureKind::Kernel(ErrorKind::NotApplied)
+                        {
+                            1
+                        } else {
+                            mem.failures
+                        };
+                        mem.retry_at = Some(now + backoff(self.interval, failures));
                         mem.last_error = Some(failure.message.clone());
                         events.push(Event::CorrectionFailed {
                             knob: t.name().to_string(),
@@ -279,6 +308,10 @@ impl Agent {
                     }
                 }
             }
+        } else {
+            // Nothing to correct (in sync, audit mode, unreadable): no retry is due.
+            mem.retry_at = None;
+            mem.failures = 0;
         }
         if taken.any()
             && let Some(inbox) = &self.inbox

@@ -1,7 +1,9 @@
 //! What a pass produces: the node's [`Report`] (one [`KnobReport`] per knob) and the [`Event`]s
 //! of the pass, with the log line of each event.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -163,9 +165,50 @@ impl Event {
             Event::Lock { .. } => "writers.lock",
         }
     }
+
+    /// The kind of event (the Kubernetes event's reason).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::DriftDetected { .. } => "DriftDetected",
+            Event::Corrected { .. } => "DriftCorrected",
+            Event::CorrectionFailed { .. } | Event::ReadFailed { .. } => "CorrectionFailed",
+            Event::Contested { .. } => "Contested",
+            Event::Lock { .. } => "Lock",
+        }
+    }
 }
 
-pub(super) fn log_event(e: &Event) {
+/// One event of a kind per knob a second goes through (to the log, to the Kubernetes
+/// reporter); the others are counted and reported with the next that goes through. A knob
+/// rewritten a thousand times a second is corrected a thousand times, and logged once.
+#[derive(Debug, Default)]
+pub struct EventLimit {
+    last: HashMap<(&'static str, String), (Instant, u64)>,
+}
+
+/// Keys kept before the quiet ones are forgotten.
+const LIMIT_KEYS_MAX: usize = 256;
+
+impl EventLimit {
+    /// `Some(repeated)`: `e` goes through, with the events of its kind and knob held back since
+    /// the last that went through; `None`: held back.
+    pub fn admit(&mut self, e: &Event, now: Instant) -> Option<u64> {
+        let key = (e.kind(), e.knob().to_string());
+        if let Some((at, held)) = self.last.get_mut(&key)
+            && now.saturating_duration_since(*at) < Duration::from_secs(1)
+        {
+            *held += 1;
+            return None;
+        }
+        if self.last.len() >= LIMIT_KEYS_MAX {
+            self.last
+                .retain(|_, (at, _)| now.saturating_duration_since(*at) < Duration::from_secs(1));
+        }
+        Some(self.last.insert(key, (now, 0)).map_or(0, |(_, held)| held))
+    }
+}
+
+pub(super) fn log_event(e: &Event, repeated: u64) {
     // The writer, when the writer watch named it, as one more field.
     macro_rules! with_writer {
         ($lvl:ident, $w:expr, $($rest:tt)*) => {
@@ -191,6 +234,7 @@ pub(super) fn log_event(e: &Event) {
             actual,
             mode = mode.as_str(),
             seen_by,
+            repeated,
             "drift detected"
         ),
         Event::Corrected {
@@ -198,7 +242,7 @@ pub(super) fn log_event(e: &Event) {
             from,
             to,
             writer,
-        } => with_writer!(info, writer, knob, from, to, "drift corrected"),
+        } => with_writer!(info, writer, knob, from, to, repeated, "drift corrected"),
         Event::CorrectionFailed { knob, error, kind } => {
             tracing::error!(knob, error, kind = kind.as_str(), "correction failed")
         }
@@ -221,5 +265,39 @@ pub(super) fn log_event(e: &Event) {
             "writers lock not in force: foreign writes are corrected, not refused"
         ),
         Event::Lock { reason: None } => tracing::info!("writers lock in force"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_storm_of_one_event_goes_through_once_a_second_with_its_count() {
+        let e = Event::Corrected {
+            knob: "vm.overcommit_memory".into(),
+            from: "0".into(),
+            to: "1".into(),
+            writer: None,
+        };
+        let other = Event::Corrected {
+            knob: "thp.enabled".into(),
+            from: "always".into(),
+            to: "never".into(),
+            writer: None,
+        };
+        let mut l = EventLimit::default();
+        let t0 = Instant::now();
+        assert_eq!(l.admit(&e, t0), Some(0));
+        assert_eq!(
+            l.admit(&other, t0),
+            Some(0),
+            "another knob is not held back"
+        );
+        let held = (0..5000)
+            .filter(|_| l.admit(&e, t0 + Duration::from_millis(500)).is_none())
+            .count();
+        assert_eq!(held, 5000);
+        assert_eq!(l.admit(&e, t0 + Duration::from_secs(1)), Some(5000));
     }
 }

@@ -129,6 +129,9 @@ fn backoff_grows_and_is_capped() {
     );
     assert!(backoff(i, 4) >= Duration::from_millis(6400));
     assert!(backoff(i, 30) <= MAX_BACKOFF.mul_f64(1.2));
+    // An hour's interval starts at a second: a contested write is retried soon.
+    let hour = Duration::from_secs(3600);
+    assert!(backoff(hour, 1) <= FIRST_BACKOFF_MAX.mul_f64(1.2));
 }
 
 #[test]

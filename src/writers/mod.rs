@@ -415,6 +415,7 @@ fn read_loop(
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::AsFd;
     let mut lost_seen = 0u64;
+    let (mut lost_unlogged, mut next_lost_line) = (0u64, Instant::now());
     let mut next_lock_check = Instant::now();
     let mut knobs = Vec::new();
     let mut writers = Vec::new();
@@ -468,12 +469,17 @@ fn read_loop(
             }
             let lost = s.lost();
             if lost > lost_seen {
+                health.lost.fetch_add(lost - lost_seen, Ordering::Relaxed);
+                lost_unlogged += lost - lost_seen;
+                lost_seen = lost;
+            }
+            if lost_unlogged > 0 && now >= next_lost_line {
                 tracing::warn!(
-                    lost = lost - lost_seen,
+                    lost = lost_unlogged,
                     "writer watch: sysctl events lost (ring buffer full); the pass still corrects"
                 );
-                health.lost.fetch_add(lost - lost_seen, Ordering::Relaxed);
-                lost_seen = lost;
+                lost_unlogged = 0;
+                next_lost_line = now + Duration::from_secs(1);
             }
         }
         if let Some(f) = &mut w.fanotify {
