@@ -22,6 +22,8 @@ command -v unshare >/dev/null || need+=(util-linux)
 # tests/writers.rs rebuilds the committed BPF object (bpf/build.sh) and compares.
 command -v clang >/dev/null || need+=(clang)
 command -v llvm-strip >/dev/null || need+=(llvm)
+# tests/writers.rs detaches the writer lock's BPF link behind the agent's back.
+command -v bpftool >/dev/null || need+=(bpftool)
 [ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
 command -v sysctl >/dev/null || need+=(procps)
 apt_install ${need[@]+"${need[@]}"}

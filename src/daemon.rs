@@ -97,6 +97,9 @@ struct Outputs {
 struct Watchers {
     inbox: Arc<Inbox>,
     watch: Option<writers::Watch>,
+    /// What started.
+    started: writers::Status,
+    /// What was last reported: `started` and what the watch's health says since.
     status: writers::Status,
 }
 
@@ -107,7 +110,7 @@ impl Watchers {
         let Some(w) = &self.watch else { return };
         let (lost, overflows) = w.health.take_lost();
         metrics.writer_losses(lost, overflows, self.inbox.take_dropped());
-        let mut status = self.status.clone();
+        let mut status = self.started.clone();
         if w.health.stopped() {
             let u = Unavailable {
                 reason: "stopped",
@@ -365,6 +368,7 @@ pub async fn run(
     let watchers = Watchers {
         inbox,
         watch,
+        started: status.clone(),
         status,
     };
     let mut enforcer = Enforcer::spawn(agent, metrics.clone(), out, (ctl, ctl_rx), watchers)

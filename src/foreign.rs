@@ -267,6 +267,11 @@ impl Port {
             (self.wake)();
         }
     }
+
+    /// Asks for a pass with no notice: the watchers' own state changed (the lock).
+    pub fn nudge(&self) {
+        (self.wake)();
+    }
 }
 
 impl std::fmt::Debug for Port {

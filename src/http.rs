@@ -63,10 +63,13 @@ impl Health {
             );
         };
         if report.ready {
-            return (
-                StatusCode::OK,
-                "ready: every enforce-mode setting is in sync\n".into(),
-            );
+            let mut s = String::from("ready: every enforce-mode setting is in sync\n");
+            if let Some(why) = &report.lock_missing {
+                s.push_str(&format!(
+                    "writers lock not in force ({why}): foreign writes are corrected, not refused\n"
+                ));
+            }
+            return (StatusCode::OK, s);
         }
         let mut s = String::from("not ready:\n");
         for k in report.failing() {

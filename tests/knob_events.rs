@@ -585,9 +585,9 @@ fn a_write_through_another_procfs_instance_is_not_seen_a_second_sysfs_mount_is()
     let path = Path::new(SOMAXCONN);
     let mut w = a.inotify(path);
     let mut g = a.fanotify(path, NOBODY);
-    a.sh(&format!(
-        "d=$(mktemp -d) && unshare -m sh -c \"mount -t proc proc $d && echo 3333 > $d/sys/net/core/somaxconn\"; rmdir $d"
-    ));
+    a.sh(
+        "d=$(mktemp -d) && unshare -m sh -c \"mount -t proc proc $d && echo 3333 > $d/sys/net/core/somaxconn\"; rmdir $d",
+    );
     assert_eq!(
         a.read(path),
         "3333",

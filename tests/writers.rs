@@ -571,3 +571,148 @@ fn a_write_storm_is_corrected_with_a_bounded_log_and_memory() {
         .sum();
     assert!(counted > 0, "no foreign write counted:\n{m}");
 }
+
+/// The id of the writer watch's cgroup link (`bpftool`, Debian package `bpftool`): the newest
+/// link of a program named `sysctl_write` (one agent with the watch runs at a time: the host
+/// guard).
+fn lock_link_id() -> Option<u64> {
+    let json = |args: &[&str]| -> Option<Value> {
+        let out = Command::new("bpftool")
+            .arg("-j")
+            .args(args)
+            .output()
+            .expect("bpftool (Debian package bpftool)");
+        serde_json::from_slice(&out.stdout).ok()
+    };
+    let progs = json(&["prog", "show"])?;
+    let ours: Vec<u64> = progs
+        .as_array()?
+        .iter()
+        .filter(|p| p["name"] == "sysctl_write")
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    json(&["link", "show"])?
+        .as_array()?
+        .iter()
+        .filter(|l| {
+            l["type"] == "cgroup" && l["prog_id"].as_u64().is_some_and(|p| ours.contains(&p))
+        })
+        .filter_map(|l| l["id"].as_u64())
+        .max()
+}
+
+/// `lock` is checked while it runs: the break-glass file in the state directory lifts it
+/// (writes are then corrected, not refused) and its removal puts it back; a link detached
+/// behind the agent's back shows as `detached`. The condition's reason follows (the report's
+/// `lock_missing`, which the gate turns into `LockUnavailable`).
+#[test]
+fn the_lock_is_lifted_by_the_break_glass_file_and_a_detached_link_is_seen() {
+    let _g = HostGuard::take();
+    tuned();
+    let a = Agent::start(&["--writers", "lock"]);
+    let lock = |reason: &str, v: u8| {
+        format!("redis_node_tuner_writer_lock_active{{reason=\"{reason}\"}} {v}")
+    };
+    a.wait_metrics(&[lock("active", 1)]);
+    let refused = || {
+        let (_, ok, _) = run(Command::new("sysctl")
+            .arg("-w")
+            .arg("vm.overcommit_memory=0"));
+        !ok
+    };
+    assert!(refused(), "lock not in force");
+
+    let glass = a._state.path().join("state").join("unlock");
+    std::fs::write(&glass, "").unwrap();
+    a.wait_metrics(&[lock("break_glass", 0)]);
+    let readyz = http_get(&a.addr, "/readyz").expect("GET /readyz").1;
+    assert!(readyz.contains("break_glass"), "{readyz}");
+    assert!(!refused(), "refused with the break-glass file in place");
+    assert!(
+        wait_for(Duration::from_secs(10), || overcommit() == "1"),
+        "not corrected under the break-glass:\n{}",
+        a.logs()
+    );
+    std::fs::remove_file(&glass).unwrap();
+    a.wait_metrics(&[lock("active", 1)]);
+    assert!(refused(), "the lock did not come back");
+
+    let id = lock_link_id().expect("the agent's cgroup link");
+    let out = Command::new("bpftool")
+        .args(["link", "detach", "id", &id.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    a.wait_metrics(&[lock("detached", 0)]);
+    assert!(
+        a.logs().contains("writers lock no longer attached"),
+        "{}",
+        a.logs()
+    );
+    assert!(!refused(), "a detached lock still refused");
+    assert!(wait_for(Duration::from_secs(10), || overcommit() == "1"));
+}
+
+/// `--lock-unavailable exit`: without the capabilities the lock needs, `run` exits 8 before
+/// its first pass; by default it runs, says why, and the values are still enforced.
+#[test]
+fn a_lock_that_cannot_load_exits_8_when_asked_and_is_reported_otherwise() {
+    let _g = HostGuard::take();
+    tuned();
+    let dir = tempfile::tempdir().unwrap();
+    let unprivileged = |extra: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--bounding-set",
+            "-bpf,-perfmon,-net_admin,-sys_admin",
+            "--inh-caps",
+            "-all",
+        ])
+        .arg(BIN)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["run", "--no-kubernetes", "--writers", "lock"])
+        .args(extra);
+        c
+    };
+    let out = unprivileged(&["--listen", "", "--lock-unavailable", "exit"])
+        .output()
+        .expect("setpriv");
+    assert_eq!(out.status.code(), Some(8), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--lock-unavailable is exit"),
+        "{out:?}"
+    );
+    assert_eq!(overcommit(), "1", "nothing written");
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = dir.path().join("agent.log");
+    let child = unprivileged(&["--listen", &addr, "--log-format", "json"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let a = Agent {
+        child,
+        addr,
+        log,
+        _state: dir,
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || http_get(&a.addr, "/metrics")
+            .is_ok()),
+        "{}",
+        a.logs()
+    );
+    a.wait_metrics(&["redis_node_tuner_writer_lock_active{reason=\"permission\"} 0".to_string()]);
+    let readyz = http_get(&a.addr, "/readyz").expect("GET /readyz").1;
+    assert!(
+        readyz.contains("writers lock not in force (permission)"),
+        "{readyz}"
+    );
+    assert!(
+        a.logs().contains("writers lock requested but not in force"),
+        "{}",
+        a.logs()
+    );
+}

@@ -519,7 +519,9 @@ fn read_loop(
         }
         if w.lock && now >= next_lock_check {
             next_lock_check = now + LOCK_CHECK;
-            w.check_lock(health);
+            if w.check_lock(health) {
+                port.nudge(); // the report and the metric say it at once
+            }
         }
     }
 }
@@ -564,9 +566,12 @@ impl Running {
         tracing::info!(files = files.len(), "writer watch: net.* knobs watched");
     }
 
-    /// Whether the lock still holds: the break-glass file, and the program's attachment.
-    fn check_lock(&mut self, health: &Health) {
-        let Some(s) = &mut self.sysctl else { return };
+    /// Whether the lock still holds: the break-glass file, and the program's attachment. True
+    /// when that changed.
+    fn check_lock(&mut self, health: &Health) -> bool {
+        let Some(s) = &mut self.sysctl else {
+            return false;
+        };
         let glass = self.cfg.unlock_file.as_deref().is_some_and(Path::exists);
         let was = health.lock_lost();
         let now = if glass {
@@ -604,6 +609,8 @@ impl Running {
                 None => tracing::info!("writers lock in force again"),
             }
             health.set_lock_lost(now);
+            return true;
         }
+        false
     }
 }
