@@ -78,6 +78,10 @@ struct event {
 	char new[VALUE_LEN];
 };
 
+// Puts struct event in the object's BTF (no map or program names it otherwise), where
+// tests/writers.rs checks the user-space decoder's offsets against it.
+struct event *const volatile event_layout = 0;
+
 const volatile __u64 self_pidns_ino = 0;
 const volatile __u32 self_tgid = 0;
 

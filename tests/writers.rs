@@ -716,3 +716,59 @@ fn a_lock_that_cannot_load_exits_8_when_asked_and_is_reported_otherwise() {
         a.logs()
     );
 }
+
+/// The members of a struct in an object's BTF: (name, byte offset), and its size (`bpftool btf
+/// dump ... format raw`).
+fn btf_struct(object: &Path, name: &str) -> (usize, Vec<(String, usize)>) {
+    let out = Command::new("bpftool")
+        .args(["btf", "dump", "file"])
+        .arg(object)
+        .args(["format", "raw"])
+        .output()
+        .expect("bpftool (Debian package bpftool)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let head = format!("STRUCT '{name}' size=");
+    let mut lines = text.lines().skip_while(|l| !l.contains(&head));
+    let first = lines
+        .next()
+        .unwrap_or_else(|| panic!("no struct {name} in the BTF of {}", object.display()));
+    let size = first
+        .split("size=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("size");
+    let members = lines
+        .take_while(|l| l.starts_with('\t'))
+        .map(|l| {
+            let name = l.split('\'').nth(1).expect("member name").to_string();
+            let bits: usize = l
+                .split("bits_offset=")
+                .nth(1)
+                .and_then(|b| b.trim().parse().ok())
+                .expect("bits_offset");
+            (name, bits / 8)
+        })
+        .collect();
+    (size, members)
+}
+
+/// The decoder's and encoder's offsets are the C structs' as the committed object's BTF lays
+/// them out: every member by name, and the sizes (two swapped members fail here).
+#[test]
+fn the_event_and_rule_layouts_are_the_objects_btf() {
+    use redis_node_tuner::writers::{EVENT_SIZE, RULE_SIZE, layout};
+    let object = repo().join("bpf/writers.bpf.o");
+    for (name, size, ours) in [
+        ("event", EVENT_SIZE, &layout::EVENT[..]),
+        ("rule", RULE_SIZE, &layout::RULE[..]),
+    ] {
+        let (btf_size, members) = btf_struct(&object, name);
+        assert_eq!(btf_size, size, "sizeof(struct {name})");
+        let ours: Vec<(String, usize)> = ours.iter().map(|(n, o)| (n.to_string(), *o)).collect();
+        assert_eq!(
+            members, ours,
+            "struct {name}: BTF (left) vs the decoder (right)"
+        );
+    }
+}

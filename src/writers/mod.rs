@@ -32,7 +32,7 @@ use crate::foreign::{Notice, Port, Source, WatchedKnob};
 use crate::kernel::Root;
 use crate::profile::WritersMode;
 
-pub use bpf::{EVENT_SIZE, Op, RawWrite, Rule};
+pub use bpf::{EVENT_SIZE, Op, RULE_SIZE, RawWrite, Rule, layout};
 pub use origin::{PodIdentity, pod_identity};
 
 /// The compiled BPF object for this architecture, if there is one.
