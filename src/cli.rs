@@ -169,6 +169,11 @@ pub enum Command {
         /// event), or exit 8.
         #[arg(long, env = "REDIS_NODE_TUNER_LOCK_UNAVAILABLE", value_enum, default_value_t = LockPolicy::Run)]
         lock_unavailable: LockPolicy,
+        /// /healthz and /readyz fail, and the node's condition turns Unknown (EnforceStalled),
+        /// when no enforce pass has finished for this long (e.g. 30s; default: 3 intervals, at
+        /// least 30s).
+        #[arg(long, env = "REDIS_NODE_TUNER_STALL_TIMEOUT")]
+        stall_timeout: Option<String>,
     },
     /// Remove the agent's label, taint and condition from a Node (for uninstall).
     Cleanup,
@@ -387,8 +392,22 @@ pub fn run_cli(cli: Cli) -> Exit {
             listen,
             cgroup_root,
             lock_unavailable,
+            stall_timeout,
             ..
         } => {
+            let stall = match stall_timeout.as_deref().map(|s| {
+                profile::parse_duration(s).filter(|d| d.as_secs() >= 1 && d.as_secs() <= 86_400)
+            }) {
+                None => None,
+                Some(Some(d)) => Some(d),
+                Some(None) => {
+                    eprintln!(
+                        "error: --stall-timeout {:?}: expected a duration between 1s and 24h (e.g. 30s)",
+                        stall_timeout.as_deref().unwrap_or_default()
+                    );
+                    return Exit::Usage;
+                }
+            };
             let watch = WatchOptions {
                 mode: profile.writers,
                 cgroup_root: cgroup_root.clone(),
@@ -409,7 +428,7 @@ pub fn run_cli(cli: Cli) -> Exit {
                         Agent::new(fs, &profile, JournalSlot::Broken(e.to_string())),
                         listen,
                         kube,
-                        watch,
+                        (watch, stall),
                     );
                 }
             };
@@ -420,7 +439,12 @@ pub fn run_cli(cli: Cli) -> Exit {
                     JournalSlot::Broken(e.to_string())
                 }
             };
-            daemon(Agent::new(fs, &profile, journal), listen, kube, watch)
+            daemon(
+                Agent::new(fs, &profile, journal),
+                listen,
+                kube,
+                (watch, stall),
+            )
         }
         Command::Cleanup => cleanup(&cli),
     }
@@ -471,12 +495,17 @@ fn cleanup(cli: &Cli) -> Exit {
     })
 }
 
-fn daemon(agent: Agent, listen: &str, kube: Option<KubeMode>, watch: WatchOptions) -> Exit {
+fn daemon(
+    agent: Agent,
+    listen: &str,
+    kube: Option<KubeMode>,
+    (watch, stall): (WatchOptions, Option<std::time::Duration>),
+) -> Exit {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return e,
     };
-    match rt.block_on(crate::daemon::run(agent, listen, kube, watch)) {
+    match rt.block_on(crate::daemon::run(agent, listen, kube, watch, stall)) {
         Ok(()) => Exit::Ok,
         Err(e) => {
             eprintln!("error: {e}");

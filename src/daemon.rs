@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
-use crate::agent::{Agent, Event, Report};
+use crate::agent::{Agent, Event, PassClock, Report, stall_bound};
 use crate::foreign::{Inbox, Port};
 use crate::http::{self, Health};
 use crate::k8s::{self, GateError, GateOptions};
@@ -164,7 +164,7 @@ fn enforce_loop(
     metrics: Arc<Metrics>,
     out: Outputs,
     ctl: std_mpsc::Receiver<Control>,
-    mut watchers: Watchers,
+    (mut watchers, clock): (Watchers, Arc<PassClock>),
 ) {
     let interval = agent.interval();
     let mut was_ready: Option<bool> = None;
@@ -197,6 +197,7 @@ fn enforce_loop(
         watchers.inbox.rearm();
         watchers.before_pass(&mut agent, &metrics);
         let (report, events) = agent.reconcile(start);
+        clock.done(Instant::now());
         next = (start + interval).max(Instant::now());
         if agent.has_pending() {
             next = next.min(Instant::now() + PENDING_RETRY);
@@ -266,7 +267,7 @@ impl Enforcer {
         metrics: Arc<Metrics>,
         out: Outputs,
         (ctl, rx): (std_mpsc::Sender<Control>, std_mpsc::Receiver<Control>),
-        watchers: Watchers,
+        watchers: (Watchers, Arc<PassClock>),
     ) -> std::io::Result<Enforcer> {
         let (done_tx, done) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
@@ -300,7 +301,11 @@ pub async fn run(
     listen: &str,
     kube: Option<KubeMode>,
     watch_opts: WatchOptions,
+    stall_timeout: Option<Duration>,
 ) -> Result<(), DaemonError> {
+    let clock = Arc::new(PassClock::new(
+        stall_timeout.unwrap_or_else(|| stall_bound(agent.interval())),
+    ));
     let listener = if listen.is_empty() {
         None
     } else {
@@ -315,7 +320,7 @@ pub async fn run(
     };
     let metrics = Arc::new(Metrics::new());
     let (reports, _) = watch::channel(None);
-    let health = Arc::new(Health::new(reports.subscribe()));
+    let health = Arc::new(Health::new(reports.subscribe()).with_clock(clock.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut out = Outputs {
         reports,
@@ -371,8 +376,14 @@ pub async fn run(
         started: status.clone(),
         status,
     };
-    let mut enforcer = Enforcer::spawn(agent, metrics.clone(), out, (ctl, ctl_rx), watchers)
-        .map_err(DaemonError::Start)?;
+    let mut enforcer = Enforcer::spawn(
+        agent,
+        metrics.clone(),
+        out,
+        (ctl, ctl_rx),
+        (watchers, clock.clone()),
+    )
+    .map_err(DaemonError::Start)?;
     let gate = gate_parts.map(|(prepared, events)| {
         let ctl = enforcer.ctl.clone();
         let inputs = k8s::GateInputs {
@@ -382,6 +393,7 @@ pub async fn run(
             on_host_network: Some(Box::new(move |proof| {
                 let _ = ctl.send(Control::HostNetwork(proof));
             })),
+            clock: Some(clock.clone()),
         };
         tokio::spawn(k8s::run(prepared, inputs))
     });

@@ -2,7 +2,7 @@
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::agent::Report;
+use crate::agent::{PassClock, Report};
 use crate::metrics::Metrics;
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -25,6 +25,8 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 pub struct Health {
     reports: watch::Receiver<Option<Arc<Report>>>,
     dead: Mutex<Option<String>>,
+    /// When the enforce thread last finished a pass.
+    clock: Option<Arc<PassClock>>,
 }
 
 impl Health {
@@ -32,7 +34,26 @@ impl Health {
         Health {
             reports,
             dead: Mutex::new(None),
+            clock: None,
         }
+    }
+
+    /// `/healthz` and `/readyz` fail while no pass has finished within the clock's bound.
+    pub fn with_clock(mut self, clock: Arc<PassClock>) -> Health {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Why the enforce loop is stalled, if it is.
+    fn stalled(&self) -> Option<String> {
+        let c = self.clock.as_ref()?;
+        c.stalled(Instant::now()).map(|age| {
+            format!(
+                "no enforce pass has finished for {} s (bound {} s): the kernel settings are not being enforced",
+                age.as_secs(),
+                c.bound().as_secs()
+            )
+        })
     }
 
     /// From now on `/healthz` fails with `why`.
@@ -46,7 +67,7 @@ impl Health {
     }
 
     fn healthz(&self) -> (StatusCode, String) {
-        match self.dead() {
+        match self.dead().or_else(|| self.stalled()) {
             None => (StatusCode::OK, "ok\n".into()),
             Some(why) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -56,6 +77,12 @@ impl Health {
     }
 
     fn readyz(&self) -> (StatusCode, String) {
+        if let Some(why) = self.stalled() {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            );
+        }
         let Some(report) = self.reports.borrow().clone() else {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,

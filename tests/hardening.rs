@@ -268,22 +268,36 @@ fn a_knob_full_of_invalid_utf8_is_reported_and_the_gate_lives_on() {
 }
 
 #[test]
-fn healthz_and_metrics_answer_while_a_pass_is_blocked_in_the_journal_write() {
+fn a_pass_blocked_in_the_journal_write_fails_healthz_and_readyz_after_the_stall_timeout() {
     let t = Tree::untuned();
     std::fs::create_dir_all(t.state_dir()).expect("mkdir");
-    // The journal's temp file is a FIFO: opening it for writing blocks until a reader comes.
+    // The journal's temp file is a FIFO: opening it for writing blocks until a reader comes,
+    // as a hung disk would block the fsync.
     let fifo = t.state_dir().join("originals.json.tmp");
     let ok = Command::new("mkfifo")
         .arg(&fifo)
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "mkfifo");
-    // Daemon::start waits for /healthz: it answers although the first pass is blocked.
-    let d = Daemon::start(&t, &["--interval", "200ms"]);
+    // Daemon::start waits for /healthz: it answers while the first pass is blocked, until the
+    // stall timeout.
+    let d = Daemon::start(&t, &["--interval", "200ms", "--stall-timeout", "2s"]);
     let (code, body) = http_get(&d.addr, "/readyz").expect("readyz");
     assert_eq!((code, body.as_str()), (503, "not ready: no check yet\n"));
     assert!(d.metrics().contains("redis_node_tuner_build_info"));
     assert_eq!(t.get(OVERCOMMIT), "0\n", "blocked before its first write");
+    assert!(
+        wait_for(SECONDS, || http_get(&d.addr, "/healthz").is_ok_and(
+            |(c, b)| c == 503 && b.contains("no enforce pass has finished")
+        )),
+        "/healthz did not fail on the blocked pass: {:?}",
+        http_get(&d.addr, "/healthz")
+    );
+    let (code, body) = http_get(&d.addr, "/readyz").expect("readyz");
+    assert!(
+        code == 503 && body.contains("not being enforced"),
+        "{code} {body}"
+    );
     // Release the pass: read what it writes, then take the FIFO away.
     let mut reader = std::fs::File::open(&fifo).expect("open fifo");
     let mut written = String::new();
@@ -297,6 +311,7 @@ fn healthz_and_metrics_answer_while_a_pass_is_blocked_in_the_journal_write() {
     );
     assert!(wait_for(SECONDS, || http_get(&d.addr, "/readyz")
         .is_ok_and(|(c, _)| c == 200)));
+    assert_eq!(http_get(&d.addr, "/healthz").expect("healthz").0, 200);
 }
 
 #[test]

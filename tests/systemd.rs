@@ -120,9 +120,22 @@ fn unit_is_hardened_to_exposure_at_most_2_and_can_still_write_the_knobs() {
     for u in ["redis-server.service", "redis.service"] {
         assert!(before.split_whitespace().any(|b| b == u), "Before={before}");
     }
-    // /proc/sys and /sys read-only except the knobs' directories (ReadWritePaths= below); a
-    // private network namespace would stop the agent doing its job.
-    assert_eq!(one("ProtectKernelTunables"), "yes");
+    // /proc/sys and /sys read-only except the knobs' directories (ReadWritePaths= below), as
+    // bind mounts of the host's: ProtectKernelTunables=, ProtectControlGroups= and ProtectProc=
+    // would mount a procfs of the unit's own, which the inotify watch cannot see shell writes
+    // through (tests/systemd_boot.rs); a private network namespace would stop the agent doing
+    // its job.
+    assert_eq!(one("ReadOnlyPaths"), "/proc/sys /sys");
+    for own_procfs in [
+        "ProtectKernelTunables",
+        "ProtectControlGroups",
+        "ProtectProc",
+    ] {
+        assert!(
+            directive(&d, own_procfs).is_empty(),
+            "{own_procfs}= gives the unit a procfs of its own"
+        );
+    }
     assert_eq!(one("PrivateNetwork"), "no");
     assert!(
         directive(&d, "ProcSubset").is_empty(),
@@ -147,7 +160,7 @@ fn unit_is_hardened_to_exposure_at_most_2_and_can_still_write_the_knobs() {
         assert!(families.split_whitespace().any(|w| w == f), "{families}");
     }
     // Each of the two is explained by a comment right above it.
-    for c in ["ProtectKernelTunables=yes", "PrivateNetwork=no"] {
+    for c in ["ReadOnlyPaths=/proc/sys /sys", "PrivateNetwork=no"] {
         let i = src.find(c).expect(c);
         let above = src[..i].trim_end().lines().last().unwrap_or("");
         assert!(above.starts_with('#'), "no comment above {c}");

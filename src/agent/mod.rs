@@ -6,12 +6,14 @@
 //! - `writes.rs`: what a foreign write means (the one place that decides it).
 //! - here: the pass, knob by knob, and the correction with its backoff.
 
+mod clock;
 mod report;
 mod writes;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use clock::{PassClock, STALL_INTERVALS, STALL_MIN, stall_bound};
 pub use report::{Event, EventLimit, Failure, FailureKind, KnobReport, Report};
 pub use writes::{LINES_PER_SECOND, Outcome, PENDING_GRACE};
 

@@ -26,6 +26,8 @@ pub enum Reason {
     LockUnavailable,
     /// The agent stopped (SIGTERM).
     AgentStopped,
+    /// No enforce pass has finished within the stall bound: nothing is known of the knobs.
+    EnforceStalled,
 }
 
 impl Reason {
@@ -37,6 +39,7 @@ impl Reason {
             Reason::CorrectionFailed => "CorrectionFailed",
             Reason::LockUnavailable => "LockUnavailable",
             Reason::AgentStopped => "AgentStopped",
+            Reason::EnforceStalled => "EnforceStalled",
         }
     }
 }

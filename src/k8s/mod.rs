@@ -28,7 +28,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use tokio::sync::{mpsc, watch};
 
-use crate::agent::{Event, Report};
+use crate::agent::{Event, PassClock, Report};
 use crate::backoff::{Backoff, jittered, unit_random};
 use crate::metrics::Metrics;
 use gate::{Gate, RETRY_MAX, RETRY_START};
@@ -201,6 +201,8 @@ pub struct GateInputs {
     pub stop: watch::Receiver<bool>,
     /// Called once host networking is proven from the agent's Pod.
     pub on_host_network: Option<Box<dyn FnOnce(String) + Send>>,
+    /// When the enforce thread last finished a pass: a stall turns the condition Unknown.
+    pub clock: Option<Arc<PassClock>>,
 }
 
 enum Input {
@@ -245,7 +247,9 @@ pub async fn run(prepared: Prepared, mut inputs: GateInputs) -> Result<(), GateE
         node_tx,
         reach.clone(),
     ));
-    let mut gate = Gate::new(api, opts.clone(), Instant::now()).with_reach(reach);
+    let mut gate = Gate::new(api, opts.clone(), Instant::now())
+        .with_reach(reach)
+        .with_clock(inputs.clock.take());
     gate.hold(pod_task.is_some());
     let mut result = Ok(());
     loop {

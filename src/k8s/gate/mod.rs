@@ -19,7 +19,7 @@ use super::marks::{
 use super::node_api::NodeApi;
 use super::reach::Reach;
 use super::{GateError, GateOptions, LABEL};
-use crate::agent::{Event, Report};
+use crate::agent::{Event, PassClock, Report};
 use crate::backoff::Backoff;
 
 /// First retry after an API failure, doubling up to [`RETRY_MAX`], each delay uniform in
@@ -58,6 +58,9 @@ pub struct Gate<A: NodeApi> {
     /// report made before it shows `net.*` unverified, and acting on it would drop the label a
     /// previous agent set (a rolling update would flap scheduling).
     held: bool,
+    /// When the enforce thread last finished a pass: a stalled one is never heartbeaten as
+    /// the last report; the condition turns Unknown / EnforceStalled.
+    clock: Option<Arc<PassClock>>,
 }
 
 impl<A: NodeApi> Gate<A> {
@@ -78,8 +81,15 @@ impl<A: NodeApi> Gate<A> {
             started: now,
             ready_logged: false,
             held: false,
+            clock: None,
             opts,
         }
+    }
+
+    /// Watches the enforce thread's pass clock (see `clock`).
+    pub fn with_clock(mut self, clock: Option<Arc<PassClock>>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Shares the API's reachability with the watch task (and its metrics).
@@ -151,6 +161,15 @@ impl<A: NodeApi> Gate<A> {
         if let Some(at) = self.retry_at {
             return at;
         }
+        // A pass that does not finish by its deadline turns the condition Unknown then; while
+        // stalled, the end of the stall is looked for every second.
+        let stall = self.clock.as_ref().map(|c| {
+            if c.stalled(now).is_some() {
+                now + Duration::from_secs(1)
+            } else {
+                c.deadline().max(now + Duration::from_millis(100))
+            }
+        });
         let last = self
             .node
             .as_ref()
@@ -169,7 +188,7 @@ impl<A: NodeApi> Gate<A> {
             }
             None => self.opts.heartbeat,
         };
-        now + wait
+        stall.map_or(now + wait, |s| s.min(now + wait))
     }
 
     /// Graceful stop: the condition says Unknown / AgentStopped; label and taint stay, so a
@@ -261,6 +280,30 @@ impl<A: NodeApi> Gate<A> {
         let Some(node) = self.node.clone() else {
             return Ok(());
         };
+        if let Some(c) = &self.clock
+            && let Some(age) = c.stalled(Instant::now())
+        {
+            // The last report is stale: label and taint stay as they are (as on a stop), the
+            // condition says why nothing is known.
+            if let Some(cond) = condition_update(
+                our_condition(&node),
+                "Unknown",
+                Reason::EnforceStalled,
+                &format!(
+                    "no enforce pass has finished for over {} s: the kernel settings are not being enforced (a kernel write or a journal fsync hangs)",
+                    c.bound().as_secs()
+                ),
+                Timestamp::now(),
+                &self.heartbeat,
+            ) {
+                tracing::error!(
+                    stalled_s = age.as_secs(),
+                    "enforce loop stalled: condition set to Unknown/EnforceStalled"
+                );
+                self.node = Some(self.api.patch_condition(&cond).await?);
+            }
+            return Ok(());
+        }
         let want = desired_marks(report);
         if !label_matches(&node, want.label) {
             let mut n = self.api.apply_label(want.label).await?;

@@ -662,3 +662,40 @@ async fn heartbeat_rewrites_the_condition_when_due() {
     g.on_timer(t0).await;
     assert_eq!(g.api.take_log(), ["condition True/AllSettingsInSync"]);
 }
+
+#[tokio::test]
+async fn a_stalled_enforce_pass_turns_the_condition_unknown_and_is_never_heartbeaten_as_tuned() {
+    let (g, t0) = started(Fake::with_node(vec![ours("NoSchedule")]), tuned()).await;
+    g.api.take_log();
+    let clock = Arc::new(PassClock::new(Duration::from_millis(20)));
+    clock.done(Instant::now());
+    let mut g = g.with_clock(Some(clock.clone()));
+    // Within the bound: the deadline is the next wake-up, nothing is written.
+    assert!(
+        g.next_wake(Instant::now())
+            <= clock
+                .deadline()
+                .max(Instant::now() + Duration::from_millis(100))
+    );
+    g.on_timer(t0).await;
+    assert!(g.api.take_log().is_empty());
+    // No pass for longer than the bound: the tuned report is stale.
+    std::thread::sleep(Duration::from_millis(40));
+    g.on_timer(Instant::now()).await;
+    assert_eq!(g.api.take_log(), ["condition Unknown/EnforceStalled"]);
+    let labelled = g
+        .api
+        .node
+        .borrow()
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(LABEL));
+    assert!(labelled, "the label stays (as on a stop)");
+    // A pass again: the same report brings the condition back at the next wake-up (≤ 1 s).
+    clock.done(Instant::now());
+    let now = Instant::now();
+    assert!(g.next_wake(now) <= now + Duration::from_millis(100));
+    g.on_timer(Instant::now()).await;
+    assert_eq!(g.api.take_log(), ["condition True/AllSettingsInSync"]);
+}
