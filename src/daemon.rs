@@ -239,6 +239,7 @@ fn enforce_loop(
                 }
                 if tx.try_send(e).is_err() {
                     dropped += 1;
+                    metrics.events_dropped("reporter_behind", 1);
                 }
             }
             if dropped > 0

@@ -89,6 +89,7 @@ pub struct Metrics {
     watch_overflows: Counter,
     writes_dropped: Counter,
     lock_active: Family<ReasonLabel, Gauge>,
+    events_dropped: Family<ReasonLabel, Counter>,
     /// 1 while the Kubernetes API answers, 0 during an outage (Kubernetes mode only: no labels,
     /// created on first use).
     pub kube_api_reachable: Family<Vec<(String, String)>, Gauge>,
@@ -137,6 +138,7 @@ impl Metrics {
             watch_overflows: Counter::default(),
             writes_dropped: Counter::default(),
             lock_active: Family::default(),
+            events_dropped: Family::default(),
             kube_api_reachable: Family::default(),
             kube_api_outages: Counter::default(),
             initialized: AtomicBool::new(false),
@@ -223,6 +225,11 @@ impl Metrics {
             m.writes_dropped.clone(),
         );
         registry.register(
+            "kube_events_dropped",
+            "Kubernetes events not published, by reason: refused (the API refused it for good, e.g. 403/422), queue_full (more than 100 waited), reporter_behind (more than 1024 waited for the reporter)",
+            m.events_dropped.clone(),
+        );
+        registry.register(
             "writer_lock_active",
             "writers: lock only: 1 while the kernel refuses writes that would leave the profile, 0 with the reason it does not",
             m.lock_active.clone(),
@@ -288,6 +295,15 @@ impl Metrics {
             self.lock_active
                 .get_or_create(&ReasonLabel { reason })
                 .set(i64::from(lock.is_ok()));
+        }
+    }
+
+    /// Kubernetes events dropped, by reason (`refused`, `queue_full`, `reporter_behind`).
+    pub fn events_dropped(&self, reason: &'static str, n: u64) {
+        if n > 0 {
+            self.events_dropped
+                .get_or_create(&ReasonLabel { reason })
+                .inc_by(n);
         }
     }
 

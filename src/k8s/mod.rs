@@ -137,6 +137,7 @@ pub fn in_cluster() -> bool {
 /// The gate, ready to run: its client and what is known of the agent's own Pod.
 pub struct Prepared {
     api: KubeNodeApi,
+    metrics: Arc<Metrics>,
     opts: GateOptions,
     reach: Reach,
     /// What one GET of the agent's Pod showed at start (`None`: not configured or not readable
@@ -153,7 +154,12 @@ pub async fn prepare(
 ) -> Result<Prepared, GateError> {
     let client = client(kubeconfig, opts.request_timeout).await?;
     let reach = Reach::new(Some(metrics.clone()));
-    let api = KubeNodeApi::new(client, &opts.node_name, opts.request_timeout, metrics);
+    let api = KubeNodeApi::new(
+        client,
+        &opts.node_name,
+        opts.request_timeout,
+        metrics.clone(),
+    );
     let mut pod = None;
     if let Some((ns, name)) = &opts.pod {
         match api.get_pod(ns, name).await {
@@ -169,6 +175,7 @@ pub async fn prepare(
     }
     Ok(Prepared {
         api,
+        metrics,
         opts,
         reach,
         pod,
@@ -219,6 +226,7 @@ enum Input {
 pub async fn run(prepared: Prepared, mut inputs: GateInputs) -> Result<(), GateError> {
     let Prepared {
         api,
+        metrics,
         opts,
         reach,
         pod,
@@ -298,6 +306,9 @@ pub async fn run(prepared: Prepared, mut inputs: GateInputs) -> Result<(), GateE
             } => if let Err(e) = r { result = Err(e); break; },
             _ = inputs.stop.changed() => break,
         }
+        let (refused, full) = gate.take_dropped();
+        metrics.events_dropped("refused", refused);
+        metrics.events_dropped("queue_full", full);
     }
     watch_task.abort();
     if let Some(t) = pod_task {

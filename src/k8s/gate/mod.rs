@@ -17,7 +17,7 @@ use super::marks::{
     taints, taints_with,
 };
 use super::node_api::NodeApi;
-use super::reach::Reach;
+use super::reach::{Reach, is_unreachable};
 use super::{GateError, GateOptions, LABEL};
 use crate::agent::{Event, PassClock, Report};
 use crate::backoff::Backoff;
@@ -61,6 +61,12 @@ pub struct Gate<A: NodeApi> {
     /// When the enforce thread last finished a pass: a stalled one is never heartbeaten as
     /// the last report; the condition turns Unknown / EnforceStalled.
     clock: Option<Arc<PassClock>>,
+    /// Events the API refused for good (dropped, not retried), and whether that was logged
+    /// since the last event went through.
+    refused_events: u64,
+    refusal_logged: bool,
+    /// Events dropped from the full queue, counted already.
+    queue_dropped_seen: u64,
 }
 
 impl<A: NodeApi> Gate<A> {
@@ -82,6 +88,9 @@ impl<A: NodeApi> Gate<A> {
             ready_logged: false,
             held: false,
             clock: None,
+            refused_events: 0,
+            refusal_logged: false,
+            queue_dropped_seen: 0,
             opts,
         }
     }
@@ -348,18 +357,38 @@ impl<A: NodeApi> Gate<A> {
         Ok(())
     }
 
-    /// Publishes queued events in order; stops at the first failure (kept for the retry).
-    /// Drift events that waited together (the first pass, a backlog) go out as one summary.
+    /// Publishes queued events in order. An API that cannot be reached stops it (the event is
+    /// kept for the retry); one that refuses an event for good (403, 422, ...) has it dropped
+    /// and counted, and the others still go out. Drift events that waited together (the first
+    /// pass, a backlog) go out as one summary.
     async fn flush_events(&mut self) -> Result<(), GateError> {
         self.queue.summarize_drift();
         let uid = self.node.as_ref().and_then(|n| n.metadata.uid.clone());
         while let Some(e) = self.queue.pop() {
-            if let Err(err) = self.api.publish(&e, uid.as_deref()).await {
-                self.queue.unpop(e);
-                return Err(err);
+            match self.api.publish(&e, uid.as_deref()).await {
+                Ok(()) => self.refusal_logged = false,
+                Err(err) if is_unreachable(&err) => {
+                    self.queue.unpop(e);
+                    return Err(err);
+                }
+                Err(err) => {
+                    self.refused_events += 1;
+                    if !self.refusal_logged {
+                        tracing::warn!(error = %err, reason = %e.reason,
+                            "the API refused an event; dropped (counted in kube_events_dropped_total)");
+                        self.refusal_logged = true;
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// Events dropped since the last call: (refused by the API, dropped from the full queue).
+    pub fn take_dropped(&mut self) -> (u64, u64) {
+        let full = self.queue.dropped() - self.queue_dropped_seen;
+        self.queue_dropped_seen = self.queue.dropped();
+        (std::mem::take(&mut self.refused_events), full)
     }
 }
 

@@ -699,3 +699,29 @@ async fn a_stalled_enforce_pass_turns_the_condition_unknown_and_is_never_heartbe
     g.on_timer(Instant::now()).await;
     assert_eq!(g.api.take_log(), ["condition True/AllSettingsInSync"]);
 }
+
+#[tokio::test]
+async fn an_event_the_api_refuses_is_dropped_and_counted_and_later_ones_go_out() {
+    let (mut g, t0) = started(Fake::with_node(vec![]), tuned()).await;
+    g.api.take_log();
+    g.api.faults.borrow_mut().push_back(Fault::Forbidden);
+    let [detected, corrected] = drift_events();
+    g.on_event(&detected, t0).await;
+    g.on_event(&corrected, t0).await;
+    let log = g.api.take_log();
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with("event")).count(),
+        2,
+        "the refused one was tried once, the next one went out: {log:?}"
+    );
+    assert_eq!(g.take_dropped(), (1, 0));
+    assert!(
+        g.retry_at.is_none(),
+        "a refused event is no API failure: no backoff of the marks"
+    );
+    // An unreachable API keeps the event for the retry instead.
+    g.api.faults.borrow_mut().push_back(Fault::Timeout);
+    g.on_event(&detected, t0).await;
+    assert!(g.retry_at.is_some());
+    assert_eq!(g.take_dropped(), (0, 0));
+}
