@@ -178,13 +178,19 @@ impl Event {
     }
 }
 
-/// One event of a kind per knob a second goes through (to the log, to the Kubernetes
-/// reporter); the others are counted and reported with the next that goes through. A knob
-/// rewritten a thousand times a second is corrected a thousand times, and logged once.
+/// At most [`EVENTS_PER_SECOND`] events of a kind per knob a second go through (to the log, to
+/// the Kubernetes reporter); the others are counted and reported with the next that goes
+/// through. A knob rewritten a thousand times a second is corrected a thousand times, and
+/// logged a few times.
 #[derive(Debug, Default)]
 pub struct EventLimit {
-    last: HashMap<(&'static str, String), (Instant, u64)>,
+    /// (kind, knob) → (start of its current second, let through in it, held back since the
+    /// last let through).
+    last: HashMap<(&'static str, String), (Instant, u32, u64)>,
 }
+
+/// Events of a kind per knob let through in any second.
+pub const EVENTS_PER_SECOND: u32 = 3;
 
 /// Keys kept before the quiet ones are forgotten.
 const LIMIT_KEYS_MAX: usize = 256;
@@ -193,18 +199,25 @@ impl EventLimit {
     /// `Some(repeated)`: `e` goes through, with the events of its kind and knob held back since
     /// the last that went through; `None`: held back.
     pub fn admit(&mut self, e: &Event, now: Instant) -> Option<u64> {
-        let key = (e.kind(), e.knob().to_string());
-        if let Some((at, held)) = self.last.get_mut(&key)
-            && now.saturating_duration_since(*at) < Duration::from_secs(1)
-        {
+        if self.last.len() >= LIMIT_KEYS_MAX {
+            self.last.retain(|_, (at, _, _)| {
+                now.saturating_duration_since(*at) < Duration::from_secs(1)
+            });
+        }
+        let (start, passed, held) = self
+            .last
+            .entry((e.kind(), e.knob().to_string()))
+            .or_insert((now, 0, 0));
+        if now.saturating_duration_since(*start) >= Duration::from_secs(1) {
+            *start = now;
+            *passed = 0;
+        }
+        if *passed >= EVENTS_PER_SECOND {
             *held += 1;
             return None;
         }
-        if self.last.len() >= LIMIT_KEYS_MAX {
-            self.last
-                .retain(|_, (at, _)| now.saturating_duration_since(*at) < Duration::from_secs(1));
-        }
-        Some(self.last.insert(key, (now, 0)).map_or(0, |(_, held)| held))
+        *passed += 1;
+        Some(std::mem::take(held))
     }
 }
 
@@ -273,7 +286,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_storm_of_one_event_goes_through_once_a_second_with_its_count() {
+    fn a_storm_of_one_event_goes_through_a_few_times_a_second_with_its_count() {
         let e = Event::Corrected {
             knob: "vm.overcommit_memory".into(),
             from: "0".into(),
@@ -288,7 +301,9 @@ mod tests {
         };
         let mut l = EventLimit::default();
         let t0 = Instant::now();
-        assert_eq!(l.admit(&e, t0), Some(0));
+        for _ in 0..EVENTS_PER_SECOND {
+            assert_eq!(l.admit(&e, t0), Some(0), "a few in a second all go through");
+        }
         assert_eq!(
             l.admit(&other, t0),
             Some(0),

@@ -9,9 +9,9 @@
 //!   `corrected` when the pass undid it, back in the inbox when a sysctl write seen before the
 //!   kernel applied it is not visible yet (for [`PENDING_GRACE`]), else `observed`.
 //!
-//! Every named write gets one log line, at most one a second per writer and knob (the rest are
-//! counted on the next line as `repeated`) and at most [`LINES_PER_SECOND`] in all; every write
-//! is counted once, by the enforce thread, as an [`Outcome`].
+//! Every named write gets one log line, at most three a second per writer and knob (the rest
+//! are counted on the next line as `repeated`) and at most [`LINES_PER_SECOND`] in all; every
+//! write is counted once, by the enforce thread, as an [`Outcome`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -271,16 +271,20 @@ fn log_write(knob: &str, n: &Notice, w: &Writer, action: WriteAction, repeated: 
     }
 }
 
-/// The log limits: one line a second per (knob, writer pid), [`LINES_PER_SECOND`] in all.
+/// The log limits: [`LINES_PER_KEY`] lines a second per (knob, writer pid),
+/// [`LINES_PER_SECOND`] in all.
 #[derive(Debug, Default)]
 struct Lines {
-    /// (knob, pid) → (when its last line was written, writes not logged since).
-    last: HashMap<(String, u32), (Instant, u64)>,
+    /// (knob, pid) → (start of its current second, lines in it, writes not logged since).
+    last: HashMap<(String, u32), (Instant, u32, u64)>,
     second: Option<Instant>,
     in_second: u32,
     /// Writes not logged because of the overall cap, reported on the next line.
     capped: u64,
 }
+
+/// Lines a second for one writer and knob.
+const LINES_PER_KEY: u32 = 3;
 
 /// Keys kept before the oldest are forgotten.
 const LINE_KEYS_MAX: usize = 256;
@@ -289,35 +293,38 @@ impl Lines {
     /// Whether a line may be written now for `count` more writes; `Some(repeated)`: yes, with
     /// the writes not logged since this key's last line.
     fn admit(&mut self, knob: &str, pid: u32, count: u64, now: Instant) -> Option<u64> {
-        let key = (knob.to_string(), pid);
-        let extra = count.saturating_sub(1);
-        if let Some((at, skipped)) = self.last.get_mut(&key)
-            && now.saturating_duration_since(*at) < Duration::from_secs(1)
-        {
-            *skipped += count;
-            return None;
+        let one_second = Duration::from_secs(1);
+        if self.last.len() >= LINE_KEYS_MAX {
+            self.last
+                .retain(|_, (at, _, _)| now.saturating_duration_since(*at) < one_second);
         }
         if self
             .second
-            .is_none_or(|s| now.saturating_duration_since(s) >= Duration::from_secs(1))
+            .is_none_or(|s| now.saturating_duration_since(s) >= one_second)
         {
             self.second = Some(now);
             self.in_second = 0;
+        }
+        let (start, lines, skipped) = self
+            .last
+            .entry((knob.to_string(), pid))
+            .or_insert((now, 0, 0));
+        if now.saturating_duration_since(*start) >= one_second {
+            *start = now;
+            *lines = 0;
+        }
+        if *lines >= LINES_PER_KEY {
+            *skipped += count;
+            return None;
         }
         if self.in_second >= LINES_PER_SECOND {
             self.capped += count;
             return None;
         }
+        *lines += 1;
         self.in_second += 1;
-        if self.last.len() >= LINE_KEYS_MAX {
-            self.last
-                .retain(|_, (at, _)| now.saturating_duration_since(*at) < Duration::from_secs(1));
-        }
-        let skipped = self
-            .last
-            .insert(key, (now, 0))
-            .map_or(0, |(_, skipped)| skipped);
-        Some(skipped + extra + std::mem::take(&mut self.capped))
+        let extra = count.saturating_sub(1);
+        Some(std::mem::take(skipped) + extra + std::mem::take(&mut self.capped))
     }
 }
 
@@ -326,10 +333,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_line_a_second_per_writer_and_a_cap_in_all() {
+    fn a_few_lines_a_second_per_writer_and_a_cap_in_all() {
         let mut l = Lines::default();
         let t0 = Instant::now();
-        assert_eq!(l.admit("k", 1, 1, t0), Some(0));
+        for _ in 0..LINES_PER_KEY {
+            assert_eq!(l.admit("k", 1, 1, t0), Some(0));
+        }
         for _ in 0..1000 {
             assert_eq!(l.admit("k", 1, 1, t0 + Duration::from_millis(10)), None);
         }
