@@ -450,8 +450,12 @@ pub fn run_cli(cli: Cli) -> Exit {
     }
 }
 
+/// The runtime of `run` and `cleanup`: two worker threads, so a request that blocks its thread
+/// (a kubeconfig exec plugin run synchronously by the client) never stops `/healthz` and
+/// `/metrics` from answering. The enforce pass has a thread of its own.
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Exit> {
-    tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| {

@@ -327,17 +327,14 @@ pub async fn run(
         reports,
         events: None,
     };
+    // Kubernetes comes after the enforce thread: the kernel is tuned whether or not the API
+    // (or the kubeconfig's credentials) is there yet.
     let mut gate_parts = None;
     if let Some(k) = kube {
         tracing::info!(node = %k.opts.node_name, "Kubernetes mode");
-        let prepared = k8s::prepare(k.kubeconfig.as_deref(), k.opts, metrics.clone()).await?;
-        if let Some(proof) = prepared.pod.as_ref().and_then(|p| p.proof()) {
-            tracing::info!(proof = %proof, "host network namespace proven");
-            agent.fs_mut().assert_host_netns(proof);
-        }
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_BUFFER);
         out.events = Some(ev_tx);
-        gate_parts = Some((prepared, ev_rx));
+        gate_parts = Some((k, ev_rx));
     }
     let gate_inputs_reports = out.reports.subscribe();
     let interval = agent.interval();
@@ -385,18 +382,24 @@ pub async fn run(
         (watchers, clock.clone()),
     )
     .map_err(DaemonError::Start)?;
-    let gate = gate_parts.map(|(prepared, events)| {
+    let gate = gate_parts.map(|(k, events)| {
         let ctl = enforcer.ctl.clone();
         let inputs = k8s::GateInputs {
             reports: gate_inputs_reports,
             events,
-            stop: stop_rx,
+            stop: stop_rx.clone(),
             on_host_network: Some(Box::new(move |proof| {
                 let _ = ctl.send(Control::HostNetwork(proof));
             })),
             clock: Some(clock.clone()),
         };
-        tokio::spawn(k8s::run(prepared, inputs))
+        let (metrics, stop) = (metrics.clone(), stop_rx);
+        tokio::spawn(async move {
+            match k8s::prepare_retrying(k.kubeconfig, k.opts, metrics, stop).await? {
+                Some(prepared) => k8s::run(prepared, inputs).await,
+                None => Ok(()),
+            }
+        })
     });
     let server = listener.map(|l| tokio::spawn(http::serve(l, metrics.clone(), health.clone())));
     let result = supervise(gate, &mut enforcer.done, &health, stop_tx).await;
@@ -486,7 +489,7 @@ async fn supervise(
         } => {
             gate = None;
             Some(match r {
-                Ok(Err(e @ GateError::Intolerant { .. })) => return Err(DaemonError::Gate(e)),
+                Ok(Err(e)) if e.is_config() => return Err(DaemonError::Gate(e)),
                 Ok(Err(e)) => format!("the Kubernetes gate ended: {e}"),
                 Ok(Ok(())) => "the Kubernetes gate ended".to_string(),
                 Err(e) => format!("the Kubernetes gate died: {e}"),

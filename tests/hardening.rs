@@ -436,3 +436,63 @@ fn a_value_the_kernel_reads_back_differently_is_not_applied() {
         "{out:?}"
     );
 }
+
+/// A kubeconfig whose credentials cannot be had yet (its exec plugin fails, as a cloud
+/// plugin does before the network is up): the agent enforces from the start, stays up and
+/// healthy, and says once that it retries; it is not a usage error (exit 2 is never restarted
+/// by the unit). A kubeconfig that does not read at all is one: exit 2.
+#[test]
+fn kubernetes_credentials_not_there_yet_are_retried_while_the_kernel_is_enforced() {
+    let t = Tree::untuned();
+    let kc = t.path("kubeconfig");
+    std::fs::write(
+        &kc,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: \"https://127.0.0.1:1\"}\n\
+         users:\n- name: u\n  user:\n    exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/false, interactiveMode: Never}\n\
+         contexts:\n- name: x\n  context: {cluster: c, user: u}\ncurrent-context: x\n",
+    )
+    .expect("kubeconfig");
+    let d = Daemon::start_kube(&t, &kc, "db-1", &[]);
+    assert!(
+        wait_for(SECONDS, || t.get(OVERCOMMIT) == "1\n"),
+        "not enforced while Kubernetes is not ready:\n{}",
+        d.logs()
+    );
+    assert!(
+        wait_for(SECONDS, || d
+            .logs()
+            .contains("Kubernetes client not ready; retrying")),
+        "{}",
+        d.logs()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(http_get(&d.addr, "/healthz").expect("healthz").0, 200);
+    assert_eq!(
+        d.logs().matches("Kubernetes client not ready").count(),
+        1,
+        "one warning, not one per retry:\n{}",
+        d.logs()
+    );
+    drop(d);
+
+    let bad = t.path("bad-kubeconfig");
+    std::fs::write(&bad, "this: [is not a kubeconfig").expect("write");
+    let out = t
+        .cmd(&[
+            "--kubeconfig",
+            bad.to_str().unwrap_or_default(),
+            "--node-name",
+            "db-1",
+            "run",
+            "--listen",
+            "",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -50,6 +50,10 @@ pub const MANAGER: &str = "redis-node-tuner";
 pub enum GateError {
     #[error("kubeconfig {path}: {message}")]
     Kubeconfig { path: PathBuf, message: String },
+    /// The kubeconfig reads, but its credentials cannot be had yet (an exec plugin or a token
+    /// source that needs the network): retried.
+    #[error("kubeconfig {path}: credentials: {message}")]
+    Auth { path: PathBuf, message: String },
     #[error("no kubeconfig and no in-cluster config: {0}")]
     InCluster(String),
     #[error("Kubernetes client: {0}")]
@@ -77,6 +81,19 @@ pub enum GateError {
 }
 
 impl GateError {
+    /// A configuration error (a kubeconfig that does not read, no config at all, a client that
+    /// cannot be built, an agent Pod that does not tolerate its own taint): `run` exits 2 and
+    /// is not restarted. Anything else is a retry.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            GateError::Kubeconfig { .. }
+                | GateError::InCluster(_)
+                | GateError::Client(_)
+                | GateError::Intolerant { .. }
+        )
+    }
+
     /// Whether the error is the API server's 404.
     pub fn is_not_found(&self) -> bool {
         matches!(self, GateError::Api { source: kube::Error::Api(s), .. } if s.code == 404)
@@ -113,7 +130,7 @@ pub async fn client(
             })?;
             Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
-                .map_err(|e| GateError::Kubeconfig {
+                .map_err(|e| GateError::Auth {
                     path: path.to_path_buf(),
                     message: e.to_string(),
                 })?
@@ -126,7 +143,14 @@ pub async fn client(
     // A connection that never completes is cut by the request timeout (and counted as one),
     // not by the client's own longer connect timeout.
     config.connect_timeout = Some(request_timeout.saturating_mul(2));
-    Client::try_from(config).map_err(|e| GateError::Client(e.to_string()))
+    Client::try_from(config).map_err(|e| match e {
+        // An exec plugin or token file that cannot give credentials yet: retried.
+        kube::Error::Auth(e) => GateError::Auth {
+            path: kubeconfig.map(Into::into).unwrap_or_default(),
+            message: e.to_string(),
+        },
+        e => GateError::Client(e.to_string()),
+    })
 }
 
 /// Whether the agent runs in a pod (in-cluster config available).
@@ -180,6 +204,41 @@ pub async fn prepare(
         reach,
         pod,
     })
+}
+
+/// [`prepare`] until it succeeds: an API or credentials that are not there yet (a host that
+/// boots before its network) are retried with backoff (1 s doubling to 30 s) and logged once,
+/// while kernel settings are enforced all along; a configuration error ends it. `Ok(None)`:
+/// stopped before it succeeded.
+pub async fn prepare_retrying(
+    kubeconfig: Option<PathBuf>,
+    opts: GateOptions,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<Option<Prepared>, GateError> {
+    let mut backoff = Backoff::spread(Duration::from_secs(1), Duration::from_secs(30));
+    let mut logged = false;
+    loop {
+        match prepare(kubeconfig.as_deref(), opts.clone(), metrics.clone()).await {
+            Ok(p) => {
+                if logged {
+                    tracing::info!("Kubernetes client ready");
+                }
+                return Ok(Some(p));
+            }
+            Err(e) if e.is_config() => return Err(e),
+            Err(e) => {
+                if !logged {
+                    tracing::warn!(error = %e, "Kubernetes client not ready; retrying with backoff (kernel settings are enforced meanwhile)");
+                    logged = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = stop.changed() => return Ok(None),
+                }
+            }
+        }
+    }
 }
 
 /// The facts of the agent's own Pod; a Pod off host networking is logged, wherever it is read.

@@ -112,6 +112,8 @@ impl WatchConfig {
             .iter()
             .enumerate()
             .filter(|(_, k)| !skip(k))
+            // A knob this kernel does not have (no per-size THP before 6.8): the poll says so.
+            .filter(|(_, k)| k.path.exists())
             .filter(|(_, k)| {
                 !k.location.is_net() || (self.host_netns.is_some() && self.host_netns == own_netns)
             })
