@@ -58,9 +58,16 @@ fn exposure(unit: &Path) -> f64 {
 fn the_writer_watch_drop_in_adds_three_capabilities_and_bpf_only() {
     let drop_in = std::fs::read_to_string(repo().join("systemd/writer-watch.conf")).unwrap();
     let d = directives(&drop_in);
+    // And the two protections the unit leaves off for inotify's sake, which the sysctl program
+    // makes unneeded.
     assert_eq!(
         d.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
-        ["CapabilityBoundingSet", "SystemCallFilter"],
+        [
+            "CapabilityBoundingSet",
+            "ProtectKernelTunables",
+            "ProtectControlGroups",
+            "SystemCallFilter"
+        ],
         "{d:?}"
     );
     assert_eq!(

@@ -28,6 +28,8 @@ pub enum Reason {
     AgentStopped,
     /// No enforce pass has finished within the stall bound: nothing is known of the knobs.
     EnforceStalled,
+    /// The agent's own Pod cannot be read (403, 404): marks are held.
+    PodUnreadable,
 }
 
 impl Reason {
@@ -40,6 +42,7 @@ impl Reason {
             Reason::LockUnavailable => "LockUnavailable",
             Reason::AgentStopped => "AgentStopped",
             Reason::EnforceStalled => "EnforceStalled",
+            Reason::PodUnreadable => "PodUnreadable",
         }
     }
 }

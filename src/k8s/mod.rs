@@ -275,7 +275,8 @@ enum Input {
     Report(Arc<Report>),
     Event(Event),
     Node(Box<Option<Node>>),
-    Pod(PodFacts),
+    /// The agent's own Pod: its facts, or why it cannot be read (the API answered).
+    Pod(Result<PodFacts, String>),
     Timer,
 }
 
@@ -352,14 +353,18 @@ pub async fn run(prepared: Prepared, mut inputs: GateInputs) -> Result<(), GateE
                     Input::Event(e) => gate.on_event(&e, now).await,
                     Input::Node(n) => gate.on_node(*n, now).await,
                     Input::Timer => gate.on_timer(now).await,
-                    Input::Pod(facts) => {
+                    Input::Pod(Ok(facts)) => {
                         check_tolerated(&facts, &opts)?;
-                        if let (Some(proof), Some(f)) = (facts.proof(), on_host_network.take()) {
+                        let proof = facts.proof();
+                        let proven = proof.is_some();
+                        if let (Some(proof), Some(f)) = (proof, on_host_network.take()) {
                             f(proof);
                         }
-                        // The next report is made with the proof: write from then on.
-                        gate.hold(false);
+                        // With the proof the next report is made with it: write from then on.
+                        // Without it no better report comes: write the one there is.
+                        gate.release(proven, now).await;
                     }
+                    Input::Pod(Err(why)) => gate.on_pod_unreadable(&why, now).await,
                 }
                 Ok::<(), GateError>(())
             } => if let Err(e) = r { result = Err(e); break; },
@@ -385,20 +390,33 @@ async fn read_own_pod(
     ns: String,
     name: String,
     effect: Option<String>,
-    tx: mpsc::Sender<PodFacts>,
+    tx: mpsc::Sender<Result<PodFacts, String>>,
 ) {
     let mut backoff = Backoff::spread(RETRY_START, RETRY_MAX);
+    let mut said: Option<String> = None;
     loop {
         match api.get_pod(&ns, &name).await {
             Ok(p) => {
-                let _ = tx.send(own_pod_facts(&p, effect.as_deref())).await;
+                let _ = tx.send(Ok(own_pod_facts(&p, effect.as_deref()))).await;
                 return;
             }
-            Err(e) => {
+            // An API that is not there is the gate's outage, logged by `reach`.
+            Err(e) if reach::is_unreachable(&e) => {
                 tracing::debug!(error = %e, "cannot read the agent's pod; retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            // It answers, and refuses (403 without `pods get`, 404 for a wrong POD_NAME):
+            // said once per distinct answer, and on the Node.
+            Err(e) => {
+                let why = format!("cannot read the agent's own pod {ns}/{name}: {e}");
+                if said.as_ref() != Some(&why) {
+                    tracing::warn!(error = %e, pod = %format!("{ns}/{name}"),
+                        "cannot read the agent's own pod; node marks are held, retrying");
+                    let _ = tx.send(Err(why.clone())).await;
+                    said = Some(why);
+                }
             }
         }
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

@@ -13,8 +13,8 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::events::{Queue, event_for, node_ready};
 use super::marks::{
-    Heartbeat, Reason, condition_update, desired_marks, is_older, label_matches, our_condition,
-    taints, taints_with,
+    Heartbeat, MESSAGE_MAX, Reason, condition_update, desired_marks, is_older, label_matches,
+    our_condition, taints, taints_with, truncate,
 };
 use super::node_api::NodeApi;
 use super::reach::{Reach, is_unreachable};
@@ -65,6 +65,8 @@ pub struct Gate<A: NodeApi> {
     /// since the last event went through.
     refused_events: u64,
     refusal_logged: bool,
+    /// Why the agent's own Pod cannot be read, while held for it.
+    pod_unreadable: Option<String>,
     /// Events dropped from the full queue, counted already.
     queue_dropped_seen: u64,
 }
@@ -90,6 +92,7 @@ impl<A: NodeApi> Gate<A> {
             clock: None,
             refused_events: 0,
             refusal_logged: false,
+            pod_unreadable: None,
             queue_dropped_seen: 0,
             opts,
         }
@@ -107,13 +110,49 @@ impl<A: NodeApi> Gate<A> {
         self
     }
 
-    /// Holds (or releases) every write until the Pod's facts are known; see `held`. Releasing
-    /// forgets the report made before them: the next one is made with the proof.
+    /// Holds every write until the Pod's facts are known; see `held`.
     pub fn hold(&mut self, on: bool) {
-        if self.held && !on {
+        self.held = on;
+    }
+
+    /// The Pod's facts are known: writes go ahead. With host networking proven the report made
+    /// before the proof is forgotten (the next one is made with it); without, the report there
+    /// is is the one to write (no better one is coming).
+    pub async fn release(&mut self, proven: bool, now: Instant) {
+        if self.held && proven {
             self.report = None;
         }
-        self.held = on;
+        self.held = false;
+        self.pod_unreadable = None;
+        self.step(now).await;
+    }
+
+    /// The agent's own Pod cannot be read (the API answered 403, 404, ...): the marks stay
+    /// held, and the condition says why (status Unknown: nothing is claimed of the node).
+    pub async fn on_pod_unreadable(&mut self, why: &str, now: Instant) {
+        self.pod_unreadable = Some(truncate(why, MESSAGE_MAX).to_string());
+        self.step(now).await;
+    }
+
+    /// While held for an unreadable Pod: the condition Unknown / PodUnreadable, once the Node
+    /// is known.
+    async fn write_pod_unreadable(&mut self) {
+        let (Some(why), Some(node)) = (self.pod_unreadable.clone(), self.node.as_ref()) else {
+            return;
+        };
+        if let Some(c) = condition_update(
+            our_condition(node),
+            "Unknown",
+            Reason::PodUnreadable,
+            &why,
+            Timestamp::now(),
+            &self.heartbeat,
+        ) {
+            match self.api.patch_condition(&c).await {
+                Ok(n) => self.node = Some(n),
+                Err(e) => tracing::debug!(error = %e, "cannot write PodUnreadable"),
+            }
+        }
     }
 
     pub fn api(&self) -> &A {
@@ -170,6 +209,10 @@ impl<A: NodeApi> Gate<A> {
         if let Some(at) = self.retry_at {
             return at;
         }
+        if self.held {
+            // Nothing is written while held: an overdue heartbeat is no reason to wake.
+            return now + self.opts.heartbeat;
+        }
         // A pass that does not finish by its deadline turns the condition Unknown then; while
         // stalled, the end of the stall is looked for every second.
         let stall = self.clock.as_ref().map(|c| {
@@ -220,7 +263,11 @@ impl<A: NodeApi> Gate<A> {
     }
 
     async fn step(&mut self, now: Instant) {
-        if self.held || self.retry_at.is_some_and(|t| now < t) {
+        if self.held {
+            self.write_pod_unreadable().await;
+            return;
+        }
+        if self.retry_at.is_some_and(|t| now < t) {
             return;
         }
         let (Some(report), Some(_)) = (self.report.clone(), self.node.as_ref()) else {

@@ -417,7 +417,12 @@ async fn nothing_is_written_while_the_pod_proof_is_pending() {
     g.on_report(untuned(), t0).await;
     g.on_timer(t0).await;
     assert!(g.api.take_log().is_empty());
-    g.hold(false);
+    assert_eq!(
+        g.next_wake(t0),
+        t0 + opts().heartbeat,
+        "held: no wake-up for an overdue heartbeat"
+    );
+    g.release(true, t0).await;
     g.on_timer(t0).await;
     assert!(
         g.api.take_log().is_empty(),
@@ -724,4 +729,52 @@ async fn an_event_the_api_refuses_is_dropped_and_counted_and_later_ones_go_out()
     g.on_event(&detected, t0).await;
     assert!(g.retry_at.is_some());
     assert_eq!(g.take_dropped(), (0, 0));
+}
+
+#[tokio::test]
+async fn a_pod_read_late_without_host_network_has_the_report_there_is_written() {
+    let t0 = Instant::now();
+    let mut g = Gate::new(Fake::with_node(vec![]), opts(), t0);
+    g.hold(true);
+    let node = g.api.node.borrow().clone();
+    g.on_node(Some(node), t0).await;
+    g.on_report(untuned(), t0).await;
+    assert!(g.api.take_log().is_empty());
+    // No proof comes (hostNetwork: false): no better report either; this one is written.
+    g.release(false, t0).await;
+    assert_eq!(
+        g.api.take_log(),
+        [
+            "taints rv=1 [\"redis-node-tuner.io/not-ready:NoSchedule\"]",
+            "condition False/CorrectionFailed"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_own_pod_is_said_on_the_node_while_the_marks_are_held() {
+    let t0 = Instant::now();
+    let mut g = Gate::new(Fake::with_node(vec![]), opts(), t0);
+    g.hold(true);
+    g.on_pod_unreadable("cannot read the agent's own pod ns/wrong: 404", t0)
+        .await;
+    assert!(g.api.take_log().is_empty(), "the Node is not known yet");
+    let node = g.api.node.borrow().clone();
+    g.on_node(Some(node), t0).await;
+    g.on_report(tuned(), t0).await;
+    assert_eq!(
+        g.api.take_log(),
+        ["condition Unknown/PodUnreadable"],
+        "no label, no taint while held"
+    );
+    g.release(true, t0).await;
+    g.on_report(tuned(), t0).await;
+    assert_eq!(
+        g.api.take_log(),
+        [
+            "apply label=true",
+            "condition True/AllSettingsInSync",
+            "event NodeReady"
+        ]
+    );
 }
