@@ -80,6 +80,9 @@ pub enum Control {
     /// A foreign write was seen: a pass now.
     Wake,
     Stop,
+    /// Tests: the enforce thread panics, as a bug in a pass would.
+    #[cfg(test)]
+    Panic,
 }
 
 /// While a sysctl write seen before the kernel applied it waits to become visible, passes run
@@ -189,6 +192,8 @@ fn enforce_loop(
                     next = Instant::now();
                 }
                 Ok(Control::Wake) => next = Instant::now(),
+                #[cfg(test)]
+                Ok(Control::Panic) => panic!("enforce bug (test)"),
                 Ok(Control::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
             }
@@ -496,11 +501,12 @@ async fn supervise(
             })
         }
     };
-    if let Some(why) = died {
+    if let Some(why) = &died {
         tracing::error!(reason = %why, "a critical task died: /healthz fails, exiting");
         health.set_dead(why.clone());
-        return Err(DaemonError::TaskDied(why));
     }
+    // A stop, or the enforce thread's death with the gate still there: the gate says the agent
+    // stopped (the condition Unknown / AgentStopped), within its bound.
     let _ = stop.send(true);
     if let Some(g) = gate {
         let bound = GATE_STOP_SLACK + Duration::from_secs(30);
@@ -512,7 +518,10 @@ async fn supervise(
             Err(_) => tracing::warn!("Kubernetes reporter did not stop in time"),
         }
     }
-    Ok(())
+    match died {
+        Some(why) => Err(DaemonError::TaskDied(why)),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -548,20 +557,62 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_panicking_enforce_thread_is_a_death_too() {
-        let (_reports, rx) = watch::channel(None);
+    async fn a_panicking_enforce_thread_is_a_death_too_and_the_gate_is_told_to_stop() {
+        let tree = crate::testing::FakeTree::untuned();
+        let agent = Agent::new(
+            tree.fs(),
+            &crate::profile::Profile::default(),
+            crate::agent::JournalSlot::None,
+        );
+        let (reports, rx) = watch::channel(None);
         let health = Health::new(rx);
-        let (stop, _) = watch::channel(false);
-        let (tx, done) = tokio::sync::oneshot::channel::<()>();
-        std::thread::spawn(move || {
-            let _keep = tx;
-            panic!("enforce bug");
+        let (stop, mut stopped) = watch::channel(false);
+        let inbox = Arc::new(Inbox::new(agent.watched_knobs().len()));
+        let status = writers::Status {
+            mode: WritersMode::Off,
+            inotify: Ok(()),
+            fanotify: Ok(()),
+            sysctl: Ok(()),
+            lock: None,
+        };
+        let watchers = Watchers {
+            inbox,
+            watch: None,
+            started: status.clone(),
+            status,
+        };
+        let clock = Arc::new(PassClock::new(Duration::from_secs(30)));
+        let (ctl, rx) = std_mpsc::channel();
+        let mut enforcer = Enforcer::spawn(
+            agent,
+            Arc::new(Metrics::new()),
+            Outputs {
+                reports,
+                events: None,
+            },
+            (ctl, rx),
+            (watchers, clock),
+        )
+        .expect("spawn");
+        // A gate that ends when told to stop, and says it was.
+        let told = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let told2 = told.clone();
+        let gate = tokio::spawn(async move {
+            if stopped.changed().await.is_ok() && *stopped.borrow() {
+                told2.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(())
         });
-        let r = supervise(None, &mut Some(done), &health, stop).await;
+        let _ = enforcer.ctl.send(Control::Panic);
+        let r = supervise(Some(gate), &mut enforcer.done, &health, stop).await;
         assert!(
             matches!(&r, Err(DaemonError::TaskDied(why)) if why.contains("enforce loop")),
             "{r:?}"
         );
         assert!(health.dead().is_some());
+        assert!(
+            told.load(std::sync::atomic::Ordering::SeqCst),
+            "the gate was not told to stop (no AgentStopped)"
+        );
     }
 }

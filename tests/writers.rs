@@ -290,17 +290,21 @@ fn somaxconn_written_in_another_network_namespace_is_not_drift() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "100",
-        "corrected in another netns"
-    );
     assert_eq!(host::read(Path::new(SOMAXCONN_PATH)), host_before);
-    assert!(
-        a.about("foreign write", "net.core.somaxconn").is_empty(),
-        "{}",
-        a.logs()
-    );
+    // No watcher reported it: no line about the knob at all (a sysctl program without its
+    // network-namespace filter would log `foreign write drifted a knob` for this write, and
+    // the pass would find nothing to correct in the host's namespace).
+    let about_it: Vec<Value> = a
+        .lines()
+        .into_iter()
+        .filter(|l| {
+            l["knob"] == "net.core.somaxconn"
+                && l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("foreign write") || m == "drift detected")
+        })
+        .collect();
+    assert!(about_it.is_empty(), "{about_it:#?}");
     assert!(
         !a.metrics()
             .contains("setting=\"net.core.somaxconn\",writer")
