@@ -42,7 +42,9 @@ for tool in qemu-system-x86_64 cpio gzip; do
 done
 busybox=$(command -v busybox || true)
 [[ -n $busybox ]] || { echo "vm.sh: busybox is required (apt-get install busybox-static)" >&2; exit 1; }
-if ldd "$busybox" >/dev/null 2>&1; then
+# Dynamic: ldd names libraries (a static-pie binary is "statically linked", exit 0).
+dynamic() { ldd "$1" 2>/dev/null | grep -q '=>'; }
+if dynamic "$busybox"; then
   echo "vm.sh: $busybox is dynamically linked: install busybox-static" >&2
   exit 1
 fi
@@ -82,8 +84,8 @@ name=$(basename "$binary")
 cp "$binary" "$root/bin/$name"
 chmod 755 "$root/bin/$name"
 # A dynamic binary brings its libraries (and loader) at their paths.
-if ldd "$binary" >/dev/null 2>&1; then
-  ldd "$binary" | grep -o '/[^ ]*' | while read -r lib; do
+if dynamic "$binary"; then
+  ldd "$binary" | { grep -o '/[^ ]*' || true; } | while read -r lib; do
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"
   done
