@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -24,7 +23,7 @@ const HOST: &str = "host";
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Both VMs at once: measured on 2 cores (README, "Timing"), one VM after the other is as fast
 /// as two at once, and the host run beside them costs the VMs nothing.
-const VMS_IN_PARALLEL: bool = false;
+const VMS_IN_PARALLEL: bool = true;
 
 fn matrix_dir() -> PathBuf {
     repo().join("tests/kernel-matrix")
@@ -35,7 +34,8 @@ struct Run {
     kernel: &'static str,
     /// `uname -r` as the suite saw it.
     release: String,
-    results: BTreeMap<String, (String, String)>,
+    /// (check, result, detail) in the suite's order.
+    results: Vec<(String, String, String)>,
     /// Why the suite did not get to its end, if it did not.
     problem: Option<String>,
     secs: u64,
@@ -43,7 +43,7 @@ struct Run {
 
 impl Run {
     fn parse(kernel: &'static str, output: &str, exit: i32, secs: u64) -> Run {
-        let mut results = BTreeMap::new();
+        let mut results = vec![];
         let mut release = String::from("?");
         let mut ended = false;
         for line in output.lines().map(|l| l.trim_end_matches('\r')) {
@@ -52,7 +52,7 @@ impl Run {
                 let check = parts.next().unwrap_or_default().to_string();
                 let result = parts.next().unwrap_or_default().to_string();
                 let detail = parts.next().unwrap_or_default().trim().to_string();
-                results.insert(check, (result, detail));
+                results.push((check, result, detail));
             } else if let Some(r) = line.strip_prefix("RNT-INFO kernel ") {
                 release = r.trim().to_string();
             } else if line == "RNT-END" {
@@ -75,6 +75,14 @@ impl Run {
             problem,
             secs,
         }
+    }
+
+    /// (result, detail) of `check`.
+    fn get(&self, check: &str) -> Option<(&str, &str)> {
+        self.results
+            .iter()
+            .find(|r| r.0 == check)
+            .map(|r| (r.1.as_str(), r.2.as_str()))
     }
 }
 
@@ -247,7 +255,7 @@ fn compare(runs: &[Run], rows: &[(String, String, String)]) -> Vec<String> {
             diffs.push(format!("{}: no rows in expected.tsv", run.kernel));
         }
         for (_, check, want) in &mine {
-            match run.results.get(check) {
+            match run.get(check) {
                 None => diffs.push(format!(
                     "{} {check}: not reported by the suite, expected {want}",
                     run.kernel
@@ -259,7 +267,7 @@ fn compare(runs: &[Run], rows: &[(String, String, String)]) -> Vec<String> {
                 Some(_) => {}
             }
         }
-        for check in run.results.keys() {
+        for (check, ..) in &run.results {
             if !mine.iter().any(|r| &r.1 == check) {
                 diffs.push(format!(
                     "{} {check}: reported by the suite, not in expected.tsv",
@@ -284,7 +292,7 @@ fn markdown(runs: &[Run], rows: &[(String, String, String)], diffs: &[String]) -
         }
     }
     for run in runs {
-        for c in run.results.keys() {
+        for (c, ..) in &run.results {
             if !checks.contains(&c.as_str()) {
                 checks.push(c);
             }
@@ -309,7 +317,7 @@ fn markdown(runs: &[Run], rows: &[(String, String, String)], diffs: &[String]) -
                 .iter()
                 .find(|r| r.0 == run.kernel && r.1 == *c)
                 .map(|r| r.2.as_str());
-            let got = run.results.get(*c).map(|r| r.0.as_str());
+            let got = run.get(c).map(|r| r.0);
             let text = match (got, want) {
                 (Some(g), Some(w)) if g == w => g.to_string(),
                 (Some(g), Some(w)) => format!("**{g}** (expected {w})"),
@@ -333,7 +341,7 @@ fn markdown(runs: &[Run], rows: &[(String, String, String)], diffs: &[String]) -
         if let Some(p) = &run.problem {
             md.push_str(&format!("```\n{p}\n```\n\n"));
         }
-        for (c, (r, d)) in &run.results {
+        for (c, r, d) in &run.results {
             md.push_str(&format!("- `{c}` {r}: {}\n", cell(d)));
         }
     }
@@ -371,7 +379,8 @@ fn kernel_matrix() {
     let mut runs: Vec<Run> = std::thread::scope(|s| {
         let b = bin.as_path();
         let vms = s.spawn(move || {
-            if VMS_IN_PARALLEL {
+            let t = Instant::now();
+            let runs = if VMS_IN_PARALLEL {
                 let hs: Vec<_> = VM_KERNELS
                     .into_iter()
                     .map(|k| s.spawn(move || run_vm(k, b)))
@@ -384,10 +393,19 @@ fn kernel_matrix() {
                     .into_iter()
                     .map(|k| run_vm(k, b))
                     .collect::<Vec<Run>>()
-            }
+            };
+            (runs, t.elapsed().as_secs())
         });
         let host = run_host(&bin);
-        let mut runs = vms.join().expect("vm thread");
+        let (mut runs, vm_secs) = vms.join().expect("vm thread");
+        eprintln!(
+            "kernel matrix: the VMs took {vm_secs} s ({})",
+            if VMS_IN_PARALLEL {
+                "in parallel"
+            } else {
+                "one after the other"
+            }
+        );
         runs.push(host);
         runs
     });

@@ -162,7 +162,11 @@ report_watch() { # prefix log
       r=pass d=active
     else
       reason=$(echo "$line" | sed -n 's/.*"reason":"\([^"]*\)".*/\1/p')
-      detail=$(echo "$line" | sed -n 's/.*"detail":"\(.*\)","[a-z_]*":.*/\1/p' | cut -c1-200)
+      full=$(echo "$line" | sed -n 's/.*"detail":"\(.*\)","[a-z_]*":.*/\1/p' | sed 's/\\n/\n/g')
+      # The first line and, for a verifier's refusal, the line that says why.
+      detail=$(echo "$full" | head -n1 | cut -c1-160)
+      why=$(echo "$full" | grep -B1 '^verification time' | head -n1 || true)
+      [ -z "$why" ] || detail="$detail ... $why"
       if [ "$reason" = not_requested ]; then r=n/a; else r=fail; fi
       d="unavailable: reason=$reason $detail"
     fi
@@ -246,7 +250,11 @@ after=$(cat "$oc")
 if [ "$wrc" -ne 0 ] && grep -q 'Operation not permitted' "$tmp/writer.err" && [ "$after" = 1 ]; then
   result lock_refused pass "EPERM, value stays 1"
 else
-  result lock_refused fail "write exit $wrc ($(cat "$tmp/writer.err")), value right after: $after"
+  if [ "$wrc" -eq 0 ]; then
+    result lock_refused fail "not refused: the write succeeded; value read right after: $after"
+  else
+    result lock_refused fail "the write failed (exit $wrc: $(cat "$tmp/writer.err")); value read right after: $after"
+  fi
 fi
 rc=0
 stop_agent || rc=$?
