@@ -44,6 +44,7 @@ phase bash tests/apiserver/build.sh
 phase bash tests/systemd-boot/node.sh setup
 phase bash tests/cluster/setup.sh  # the real-node tests: containerd, CNI plugins, kubelet, scheduler, controller-manager
 phase bash scripts/release-tools.sh prepare  # helm, the arm64 toolchain, qemu
+phase bash tests/kernel-matrix/setup.sh >/dev/null  # tests/kernel_matrix.rs: qemu-system-x86, busybox-static, the Debian 6.1/6.12 kernels (cached)
 
 # cargo-cyclonedx, cargo-deny (and `cargo deny check`, offline) and the arm64 release binary are
 # CPU-bound and needed only by tests/release.rs, one of the last test binaries: they are built in
