@@ -43,11 +43,12 @@ pub enum JournalError {
     #[error(
         "state directory {} is locked by another redis-node-tuner ({}): stop it first (systemctl stop redis-node-tuner, or remove the DaemonSet), then retry",
         dir.display(),
-        holder.as_deref().map(|h| format!("pid {h}")).unwrap_or_else(|| "holder unknown".into())
+        holder.as_deref().unwrap_or("holder unknown")
     )]
     Locked {
         dir: PathBuf,
-        /// The pid written into the lock file by its holder, when readable.
+        /// Who holds it, from the lock file: `pid N`, and whether that pid is in another PID
+        /// namespace than the reader's (a container's: the DaemonSet's pod).
         holder: Option<String>,
     },
 }
@@ -114,19 +115,21 @@ impl StateLock {
             Err(fs::TryLockError::WouldBlock) => {
                 let mut text = String::new();
                 let _ = file.read_to_string(&mut text);
-                let holder = text.trim();
                 return Err(JournalError::Locked {
                     dir: dir.to_path_buf(),
-                    holder: (!holder.is_empty() && holder.chars().all(|c| c.is_ascii_digit()))
-                        .then(|| holder.to_string()),
+                    holder: describe_holder(&text),
                 });
             }
             Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", e)),
         }
-        // Name the holder for whoever finds the directory locked.
+        // Name the holder for whoever finds the directory locked: its pid, and the PID
+        // namespace that pid is in (a container's pid 1 is not the host's).
+        let pidns = own_pidns()
+            .map(|n| format!(" pidns:{n}"))
+            .unwrap_or_default();
         file.set_len(0)
             .and_then(|()| file.rewind())
-            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .and_then(|()| writeln!(file, "{}{pidns}", std::process::id()))
             .map_err(|e| io_err("write the lock file", e))?;
         let h = Arc::new(Held {
             key: key.clone(),
@@ -136,6 +139,31 @@ impl StateLock {
         held.push((key, Arc::downgrade(&h)));
         Ok(StateLock(h))
     }
+}
+
+/// The inode of this process's PID namespace.
+fn own_pidns() -> Option<u64> {
+    std::fs::metadata("/proc/self/ns/pid")
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+}
+
+/// Who holds the lock, from its file (`<pid>[ pidns:<inode>]`): `pid N`, and where that pid
+/// is when it is not in the reader's PID namespace.
+fn describe_holder(text: &str) -> Option<String> {
+    let mut words = text.split_whitespace();
+    let pid = words
+        .next()
+        .filter(|p| p.chars().all(|c| c.is_ascii_digit()))?;
+    let theirs = words
+        .find_map(|w| w.strip_prefix("pidns:"))
+        .and_then(|n| n.parse::<u64>().ok());
+    Some(match (theirs, own_pidns()) {
+        (Some(t), Some(o)) if t != o => format!(
+            "pid {pid} in another PID namespace: a container's, such as the DaemonSet's pod"
+        ),
+        _ => format!("pid {pid}"),
+    })
 }
 
 /// Creates the state directory if it is missing, and makes each new directory entry durable by
@@ -452,7 +480,11 @@ mod tests {
         let lock = StateLock::acquire(&state).unwrap();
         assert_eq!(
             fs::read_to_string(state.join(LOCK_NAME)).unwrap(),
-            format!("{}\n", std::process::id())
+            format!(
+                "{} pidns:{}\n",
+                std::process::id(),
+                own_pidns().expect("pidns")
+            )
         );
         // The same process may open the journal while it holds the lock.
         let j = Journal::load(&state).unwrap();
@@ -498,5 +530,25 @@ mod tests {
         let e = j.record("a.b", &loc("sys/a/b"), "1", None).unwrap_err();
         assert!(matches!(e, JournalError::Io { .. }), "{e}");
         assert!(j.originals().is_empty());
+    }
+
+    #[test]
+    fn the_lock_holder_is_named_with_its_pid_namespace() {
+        let ours = own_pidns().expect("own pid namespace");
+        assert_eq!(
+            describe_holder(&format!("42 pidns:{ours}\n")).as_deref(),
+            Some("pid 42")
+        );
+        assert_eq!(
+            describe_holder("42\n").as_deref(),
+            Some("pid 42"),
+            "an older file"
+        );
+        assert_eq!(
+            describe_holder(&format!("1 pidns:{}\n", ours + 1)).as_deref(),
+            Some("pid 1 in another PID namespace: a container's, such as the DaemonSet's pod")
+        );
+        assert_eq!(describe_holder("garbage"), None);
+        assert_eq!(describe_holder(""), None);
     }
 }
