@@ -776,3 +776,32 @@ fn the_event_and_rule_layouts_are_the_objects_btf() {
         );
     }
 }
+
+/// `lock` lives with the agent's process: SIGKILLed, the kernel drops its link and writes go
+/// through (fail-open) until the next agent attaches it again, corrects what was written
+/// meanwhile, and refuses again.
+#[test]
+fn a_killed_locking_agent_fails_open_and_the_next_one_locks_again() {
+    let _g = HostGuard::take();
+    tuned();
+    let mut a = Agent::start(&["--writers", "lock"]);
+    a.wait_metrics(&["redis_node_tuner_writer_lock_active{reason=\"active\"} 1".to_string()]);
+    a.child.kill().expect("SIGKILL");
+    let _ = a.child.wait();
+    assert!(
+        wait_for(Duration::from_secs(10), || lock_link_id().is_none()),
+        "the link outlived its agent"
+    );
+    let (_, ok, err) = run(Command::new("sysctl")
+        .arg("-w")
+        .arg("vm.overcommit_memory=0"));
+    assert!(ok, "refused with no agent: {err}");
+    assert_eq!(overcommit(), "0");
+    let b = Agent::start(&["--writers", "lock"]);
+    assert_eq!(overcommit(), "1", "the next agent corrected it");
+    b.wait_metrics(&["redis_node_tuner_writer_lock_active{reason=\"active\"} 1".to_string()]);
+    let (_, ok, _) = run(Command::new("sysctl")
+        .arg("-w")
+        .arg("vm.overcommit_memory=0"));
+    assert!(!ok, "not refused again");
+}
