@@ -14,14 +14,6 @@ use serde_json::json;
 
 const SECONDS: Duration = Duration::from_secs(20);
 
-/// The value of one series of `/metrics` (0 when absent).
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// The API refuses every event (403: the events RoleBinding is gone): each is dropped and
 /// counted, one warning says so, and the marks are written all the same; a later change still
 /// reaches the Node.

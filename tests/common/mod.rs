@@ -65,6 +65,14 @@ impl Tree {
 
 /// Whether `text` holds `line` as a whole line (a metric sample, not a HELP text that starts
 /// with the same words).
+/// The value of one series of `/metrics` (0 when absent).
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub fn has_line(text: &str, line: &str) -> bool {
     text.lines().any(|l| l == line)
 }
