@@ -287,6 +287,27 @@ patches:
         self.ok(&["apply", "--server-side", "-f", &f.to_string_lossy()]);
     }
 
+    /// A container's log as the kubelet wrote it (CRI format: `time stream tag line`); read
+    /// from the node's files, as `kubectl logs` would need the node's name to resolve.
+    fn container_log(&self, ns: &str, pod: &str, container: &str) -> String {
+        let Some(uid) = self
+            .pod(ns, pod)
+            .map(|p| s(&p["metadata"]["uid"]))
+            .filter(|u| !u.is_empty())
+        else {
+            return String::new();
+        };
+        let dir = PathBuf::from(D)
+            .join("pod-logs")
+            .join(format!("{ns}_{pod}_{uid}"))
+            .join(container);
+        let mut text = String::new();
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            text.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+        }
+        text
+    }
+
     /// Redis's own log lines (the kubelet's log file of the container) once it is accepting
     /// connections.
     fn redis_log(&self, ns: &str, pod: &str, container: &str) -> Vec<String> {
@@ -837,14 +858,20 @@ patches:
     });
     // The base DaemonSet holds no capability: the inotify watch on its hostPath mount of the
     // host's sysfs found the write and woke the pass, not the 1 s poll.
-    let agent_log = cluster.ok(&["logs", "-n", NS, &agent]);
-    assert!(
-        agent_log
-            .lines()
-            .any(|l| l.contains("\"message\":\"drift detected\"")
+    let found_by_inotify = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("\"message\":\"drift detected\"")
                 && l.contains("\"knob\":\"thp.enabled\"")
-                && l.contains("\"seen_by\":\"inotify\"")),
-        "the drift was not found by the inotify watch:\n{agent_log}"
+                && l.contains("\"seen_by\":\"inotify\"")
+        })
+    };
+    let found = wait_for(Duration::from_secs(10), || {
+        found_by_inotify(&cluster.container_log(NS, &agent, "agent"))
+    });
+    assert!(
+        found,
+        "the drift was not found by the inotify watch:\n{}",
+        cluster.container_log(NS, &agent, "agent")
     );
     cluster.wait(30, "node marked ready after the drift", || {
         cluster.node_marked_ready().then_some(())
