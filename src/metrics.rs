@@ -216,7 +216,7 @@ impl Metrics {
         );
         registry.register(
             "writer_watch_overflows",
-            "Times the inotify queue overflowed (a full pass was run instead)",
+            "Times the inotify or fanotify queue overflowed (every knob then got a pass)",
             m.watch_overflows.clone(),
         );
         registry.register(

@@ -116,6 +116,44 @@ impl Agent {
     }
 }
 
+/// `run` (with `args`) as root without CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN
+/// (none survives exec), as the base DaemonSet and the plain systemd unit run it.
+fn unprivileged(state: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--bounding-set",
+        "-bpf,-perfmon,-net_admin,-sys_admin",
+        "--inh-caps",
+        "-all",
+    ])
+    .arg(BIN)
+    .arg("--state-dir")
+    .arg(state.join("state"))
+    .args(["run", "--no-kubernetes"])
+    .args(args);
+    c
+}
+
+impl Agent {
+    /// [`unprivileged`] `run` with JSON logs in `state` and HTTP on a free port; not waited for.
+    fn spawn_unprivileged(state: tempfile::TempDir, args: &[&str]) -> Agent {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = state.path().join("agent.log");
+        let child = unprivileged(state.path(), args)
+            .args(["--listen", &addr, "--log-format", "json"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("setpriv");
+        Agent {
+            child,
+            addr,
+            log,
+            _state: state,
+        }
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -404,38 +442,10 @@ fn without_its_capabilities_the_sysctl_program_is_unavailable_and_inotify_still_
     // Root without CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_ADMIN (none survives exec),
     // as the base DaemonSet and the plain systemd unit run it. The interval is an hour: only
     // the inotify watch, which needs no privilege, can correct within seconds.
-    let state = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let log = state.path().join("agent.log");
-    let child = Command::new("setpriv")
-        .args([
-            "--bounding-set",
-            "-bpf,-perfmon,-net_admin,-sys_admin",
-            "--inh-caps",
-            "-all",
-        ])
-        .arg(BIN)
-        .arg("--state-dir")
-        .arg(state.path().join("state"))
-        .args([
-            "run",
-            "--no-kubernetes",
-            "--interval",
-            "1h",
-            "--log-format",
-            "json",
-        ])
-        .args(["--listen", &addr, "--writers", "observe"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let a = Agent {
-        child,
-        addr,
-        log,
-        _state: state,
-    };
+    let a = Agent::spawn_unprivileged(
+        tempfile::tempdir().unwrap(),
+        &["--interval", "1h", "--writers", "observe"],
+    );
     assert!(
         wait_for(Duration::from_secs(30), || a
             .logs()
@@ -664,24 +674,19 @@ fn a_lock_that_cannot_load_exits_8_when_asked_and_is_reported_otherwise() {
     let _g = HostGuard::take();
     tuned();
     let dir = tempfile::tempdir().unwrap();
-    let unprivileged = |extra: &[&str]| {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--bounding-set",
-            "-bpf,-perfmon,-net_admin,-sys_admin",
-            "--inh-caps",
-            "-all",
-        ])
-        .arg(BIN)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .args(["run", "--no-kubernetes", "--writers", "lock"])
-        .args(extra);
-        c
-    };
-    let out = unprivileged(&["--listen", "", "--lock-unavailable", "exit"])
-        .output()
-        .expect("setpriv");
+    let out = unprivileged(
+        dir.path(),
+        &[
+            "--writers",
+            "lock",
+            "--listen",
+            "",
+            "--lock-unavailable",
+            "exit",
+        ],
+    )
+    .output()
+    .expect("setpriv");
     assert_eq!(out.status.code(), Some(8), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--lock-unavailable is exit"),
@@ -689,19 +694,7 @@ fn a_lock_that_cannot_load_exits_8_when_asked_and_is_reported_otherwise() {
     );
     assert_eq!(overcommit(), "1", "nothing written");
 
-    let addr = format!("127.0.0.1:{}", free_port());
-    let log = dir.path().join("agent.log");
-    let child = unprivileged(&["--listen", &addr, "--log-format", "json"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let a = Agent {
-        child,
-        addr,
-        log,
-        _state: dir,
-    };
+    let a = Agent::spawn_unprivileged(dir, &["--writers", "lock"]);
     assert!(
         wait_for(Duration::from_secs(30), || http_get(&a.addr, "/metrics")
             .is_ok()),

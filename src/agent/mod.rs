@@ -259,7 +259,8 @@ impl Agent {
         let writer = taken.writer();
         let seen_by = taken.seen_by();
         let drift = state == State::Drift;
-        let read = actual_text(&obs);
+        // The value as read, before any correction, for the writes that wait on this pass.
+        let read = taken.any().then(|| actual_text(&obs));
         announce(t, mem, &obs, &state, (writer.clone(), seen_by), events);
         let mut note = None;
         let mut undone = false;
@@ -327,7 +328,7 @@ impl Agent {
                 drift,
                 undone,
                 before,
-                read: Some(&read),
+                read: read.as_deref(),
             };
             self.writes.settle(inbox, i, t, taken, found, now);
         }

@@ -245,7 +245,7 @@ struct Running {
     inotify: Option<inotify::KnobInotify>,
     fanotify: Option<fanotify::KnobFanotify>,
     sysctl: Option<bpf::Loaded>,
-    /// Where the sysctl program is attached, for the runtime check.
+    /// Names the writers of fanotify's and the sysctl program's events from `/proc`.
     resolver: origin::Resolver,
     lock: bool,
 }
@@ -535,7 +535,6 @@ impl Running {
             return;
         }
         self.cfg.host_netns = Some(netns);
-        let net = |k: &WatchedKnob| k.location.is_net();
         if let Some(s) = &mut self.sysctl {
             let list = sysctl::watchlist(&self.cfg);
             let rules: Vec<_> = list
@@ -547,11 +546,7 @@ impl Running {
                 tracing::warn!(error = %e, "writer watch: cannot watch the net.* sysctls");
             }
         }
-        let files: Vec<_> = self
-            .cfg
-            .vfs_files(|k| !net(k))
-            .into_iter()
-            .collect::<Vec<_>>();
+        let files = self.cfg.vfs_files(|k| !k.location.is_net());
         for (knob, path) in &files {
             if let Some(i) = &mut self.inotify
                 && let Err(e) = i.watch(*knob, path)
