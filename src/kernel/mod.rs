@@ -9,6 +9,7 @@
 //! - `file.rs`: one knob's file, the per-size THP files of this kernel, and how files are parsed.
 //! - `knob_io.rs`: reading, comparing and writing a knob through its kept descriptor.
 //! - `netns.rs`: the proof that `net.*` files are in the host's network namespace.
+//! - `somaxconn.rs`: the `net.core.somaxconn` a new network namespace starts with.
 //! - `error.rs`: what fails, per knob, and its stable kind.
 
 mod error;
@@ -16,6 +17,7 @@ mod file;
 mod knob_io;
 mod location;
 mod netns;
+mod somaxconn;
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +25,7 @@ pub use error::{ErrorKind, KernelError};
 pub use file::{Format, KnobFile, Reading};
 pub use location::{Location, Root, THP_DIR, sysctl_rel_path};
 pub use netns::NetnsStatus;
+pub use somaxconn::{kernel_release, new_netns_somaxconn};
 
 use netns::NetnsThread;
 
