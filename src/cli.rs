@@ -177,6 +177,24 @@ pub enum Command {
     },
     /// Remove the agent's label, taint and condition from a Node (for uninstall).
     Cleanup,
+    /// Block until the kernel, as this process sees it, is what Redis needs (an init container
+    /// of Redis pods: no privilege, no API access); exit 9 after --timeout.
+    Wait {
+        /// Redis's tcp-backlog: this network namespace's net.core.somaxconn must be at least it.
+        #[arg(
+            long,
+            env = "REDIS_NODE_TUNER_TCP_BACKLOG",
+            default_value_t = 511,
+            value_parser = clap::value_parser!(u32).range(1..=2_147_483_647)
+        )]
+        tcp_backlog: u32,
+        /// Give up after this long (exit 9), e.g. 10m.
+        #[arg(long, env = "REDIS_NODE_TUNER_WAIT_TIMEOUT", default_value = "10m")]
+        timeout: String,
+        /// How often the files are read again, e.g. 1s.
+        #[arg(long, env = "REDIS_NODE_TUNER_WAIT_INTERVAL", default_value = "1s")]
+        interval: String,
+    },
 }
 
 /// The break-glass file in the state directory: while it exists, `writers: lock` refuses
@@ -360,6 +378,14 @@ pub fn run_cli(cli: Cli) -> Exit {
     if let Command::Cleanup = &cli.command {
         return cleanup(&cli);
     }
+    if let Command::Wait {
+        tcp_backlog,
+        timeout,
+        interval,
+    } = &cli.command
+    {
+        return wait_command(&cli, &profile, *tcp_backlog, timeout, interval);
+    }
     if let Err(msg) = kube_timeout(&cli) {
         eprintln!("error: {msg}");
         return Exit::Usage;
@@ -447,7 +473,35 @@ pub fn run_cli(cli: Cli) -> Exit {
             )
         }
         Command::Cleanup => cleanup(&cli),
+        Command::Wait { .. } => Exit::Usage,
     }
+}
+
+fn wait_command(
+    cli: &Cli,
+    profile: &Profile,
+    tcp_backlog: u32,
+    timeout: &str,
+    interval: &str,
+) -> Exit {
+    let Some(timeout) = profile::parse_duration(timeout).filter(|d| d.as_secs() <= 86_400) else {
+        eprintln!("error: --timeout {timeout:?}: expected a duration of at most 24h (e.g. 10m)");
+        return Exit::Usage;
+    };
+    let Some(interval) = profile::parse_duration(interval)
+        .filter(|d| (profile::MIN_INTERVAL..=profile::MAX_INTERVAL).contains(d))
+    else {
+        eprintln!(
+            "error: --interval {interval:?}: expected a duration between 100ms and 1h (e.g. 1s)"
+        );
+        return Exit::Usage;
+    };
+    let opts = crate::wait::WaitOptions {
+        tcp_backlog,
+        timeout,
+        interval,
+    };
+    crate::wait::wait(HostFs::new(&cli.proc_root, &cli.sys_root), profile, &opts)
 }
 
 /// The runtime of `run` and `cleanup`: two worker threads, so a request that blocks its thread

@@ -27,6 +27,8 @@ pub enum Exit {
     TaskDied = 7,
     /// `run --writers lock --lock-unavailable exit`: the lock could not be put in force.
     LockUnavailable = 8,
+    /// `wait`: the kernel, as the pod sees it, was not in sync by `--timeout`.
+    WaitTimeout = 9,
 }
 
 impl From<Exit> for ExitCode {

@@ -6,7 +6,7 @@
 //! agent's own Pod, that it runs on host networking reaches the kernel layer through
 //! [`daemon`], which runs the enforce pass on its own thread, the reporters on the runtime, and
 //! supervises both. [`cli`] parses and dispatches; [`commands`] holds `check`, `apply`,
-//! `restore`; [`backoff`] is shared by the agent and the gate. [`writers`], the optional writer
+//! `restore`; [`wait`] is the init-container gate of Redis pods; [`backoff`] is shared by the agent and the gate. [`writers`], the optional writer
 //! watch of `run` (BPF), names the process behind each foreign write and wakes the enforce pass
 //! at once; its attribution rides on the pass's events to the reporters.
 //!
@@ -33,4 +33,5 @@ pub mod profile;
 pub mod reconcile;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod wait;
 pub mod writers;

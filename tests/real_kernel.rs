@@ -490,3 +490,145 @@ fn a_test_killed_while_holding_the_host_knobs_is_undone_by_the_next() {
     assert_eq!(read(Path::new(OVERCOMMIT_PATH)).trim(), before);
     assert_eq!(g.get(OVERCOMMIT_PATH), Some(before.as_str()));
 }
+
+/// The binary copied where an unprivileged user can run it (the checkout may not be readable
+/// to others): `wait` runs as nobody, as an init container of a Redis pod would.
+fn unprivileged_bin(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let bin = dir.join("redis-node-tuner");
+    std::fs::copy(BIN, &bin).expect("copy the binary");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod bin");
+    bin
+}
+
+/// `wait` as nobody in `ns`.
+fn wait_cmd(ns: &NetNs, bin: &Path, args: &[&str]) -> Command {
+    let mut c = ns.exec(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--no-new-privs",
+        &bin.to_string_lossy(),
+        "wait",
+        "--interval",
+        "100ms",
+    ]);
+    c.args(args);
+    c
+}
+
+#[test]
+fn wait_blocks_on_what_redis_warns_about_and_returns_once_it_would_not() {
+    require("setpriv");
+    let _g = HostGuard::take();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bin = unprivileged_bin(tmp.path());
+    let ns = NetNs::new("wait");
+    ns.set_somaxconn("128");
+    write(Path::new(OVERCOMMIT_PATH), "0");
+    write(&Path::new(THP).join("enabled"), "always");
+
+    // Never in sync: exit 9, every reason Redis has to warn named, with the remedy for the
+    // namespace's backlog.
+    let out = Out::of(
+        wait_cmd(&ns, &bin, &["--timeout", "1s"])
+            .output()
+            .expect("wait"),
+    );
+    assert_eq!(out.code, 9, "{out:?}");
+    for l in [
+        "vm.overcommit_memory = 0 (want 1)",
+        "thp.enabled = always (want never)",
+        "net.core.somaxconn = 128 (want >= 511 (tcp-backlog))",
+        "--allowed-unsafe-sysctls=net.core.somaxconn",
+    ] {
+        assert!(out.stdout.contains(l), "{l:?} not in: {out:?}");
+    }
+    assert!(out.stdout.starts_with("waiting for"), "{out:?}");
+    assert!(out.stdout.contains("\nnot in sync after 1s"), "{out:?}");
+    // Redis, started there now, warns about the same three.
+    let warned = redis_warnings(&ns, &["--disable-thp", "no"]);
+    for w in [BACKLOG, OVERCOMMIT_WARN, THP_WARN] {
+        assert!(warned.iter().any(|l| l.contains(w)), "{w:?}: {warned:#?}");
+    }
+
+    // Waiting: it returns once the kernel changes, not before.
+    let mut child = wait_cmd(&ns, &bin, &["--timeout", "60s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wait");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "wait returned on an untuned kernel"
+    );
+    write(Path::new(OVERCOMMIT_PATH), "1");
+    for f in std::fs::read_dir(THP).expect("THP dir").flatten() {
+        let p = f.path().join("enabled");
+        if f.file_name().to_string_lossy().starts_with("hugepages-") && p.is_file() {
+            write(&p, "never");
+        }
+    }
+    write(&Path::new(THP).join("enabled"), "never");
+    write(&Path::new(THP).join("defrag"), "never");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "wait returned while the namespace's somaxconn is 128"
+    );
+    ns.set_somaxconn("1024");
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        assert!(
+            Instant::now() < end,
+            "wait did not return on a tuned kernel"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = Out::of(std::process::Output {
+        status,
+        stdout: child
+            .stdout
+            .take()
+            .map(|mut s| {
+                let mut v = vec![];
+                let _ = std::io::Read::read_to_end(&mut s, &mut v);
+                v
+            })
+            .unwrap_or_default(),
+        stderr: vec![],
+    });
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("\nin sync after"), "{out:?}");
+    assert!(
+        out.stdout.contains(
+            "net.core.somaxconn = 1024 (want >= 511 (tcp-backlog)): set for this network namespace"
+        ),
+        "{out:?}"
+    );
+    // And Redis, started now, does not warn.
+    let quiet = redis_warnings(&ns, &["--disable-thp", "no"]);
+    assert!(
+        quiet.is_empty(),
+        "Redis warns after wait returned: {quiet:#?}"
+    );
+}
+
+#[test]
+fn wait_refuses_bad_flags_with_exit_2() {
+    for (args, what) in [
+        (&["wait", "--tcp-backlog", "0"][..], "--tcp-backlog"),
+        (&["wait", "--timeout", "soon"][..], "--timeout \"soon\""),
+        (&["wait", "--interval", "1ms"][..], "--interval \"1ms\""),
+    ] {
+        let out = Out::of(Command::new(BIN).args(args).output().expect("wait"));
+        assert_eq!(out.code, 2, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(what), "{args:?}: {out:?}");
+    }
+}

@@ -66,6 +66,11 @@ impl HostFs {
         fs
     }
 
+    /// Where procfs is mounted.
+    pub fn proc_root(&self) -> &Path {
+        &self.proc_root
+    }
+
     /// The absolute path of a location under the roots.
     pub fn path(&self, loc: &Location) -> PathBuf {
         match loc.root {
