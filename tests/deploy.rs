@@ -502,6 +502,33 @@ fn base_and_overlay_apply_server_side_and_keep_the_least_privilege_pod_spec() {
         "{:#}",
         pod["tolerations"]
     );
+    // Every start of Redis (reboots too) waits for the kernel as the pod sees it: the agent's
+    // image (the same kustomize image name as the DaemonSet's), `wait` with Redis's own
+    // tcp-backlog, and no privilege.
+    let init = &pod["initContainers"][0];
+    assert_eq!(init["name"], "wait-for-tuned-kernel", "{pod:#}");
+    let agent_image = ds["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        init["image"].as_str().and_then(|i| i.split(':').next()),
+        agent_image.split(':').next(),
+        "{init:#}"
+    );
+    let init_args: Vec<String> = serde_json::from_value(init["args"].clone()).expect("args");
+    let redis_args: Vec<String> =
+        serde_json::from_value(pod["containers"][0]["args"].clone()).expect("args");
+    let backlog = |a: &[String]| {
+        a.iter()
+            .position(|x| x == "--tcp-backlog")
+            .and_then(|i| a.get(i + 1).cloned())
+    };
+    assert_eq!(init_args[0], "wait", "{init_args:?}");
+    assert!(backlog(&init_args).is_some(), "{init_args:?}");
+    assert_eq!(backlog(&init_args), backlog(&redis_args), "tcp-backlog of wait and Redis");
+    assert_eq!(init["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(init["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -43,3 +43,24 @@ node_bins() {
   NODE_BIN="$(bash "$HERE/build.sh" | tail -n1)"
   API_BIN="$(bash "$HERE/../apiserver/build.sh" | tail -n1)"
 }
+
+# containerd with the config up.sh wrote (also after a simulated power cycle).
+start_containerd() {
+  mkdir -p "$LOGS" "$D/pids"
+  setsid containerd --config "$D/containerd/config.toml" >>"$LOGS/containerd.log" 2>&1 </dev/null &
+  echo $! >"$D/pids/containerd.pid"
+}
+
+# The kubelet with the config up.sh wrote (also after a simulated power cycle).
+start_kubelet() {
+  setsid "$NODE_BIN/kubelet" --config="$D/kubelet/config.yaml" --kubeconfig="$D/kubelet/kubeconfig" \
+    --hostname-override="$NODE" --node-ip="$NODE_IP" --root-dir="$D/kubelet" \
+    --cert-dir="$D/kubelet/pki" --node-labels="$(cat "$D/kubelet/node-labels")" \
+    >>"$LOGS/kubelet.log" 2>&1 </dev/null &
+  echo $! >"$D/pids/kubelet.pid"
+}
+
+node_ready() {
+  [[ $(kubectl --kubeconfig "$D/apiserver/admin.kubeconfig" get node "$NODE" \
+    -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]
+}

@@ -130,8 +130,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     bin_dir = "/usr/lib/cni"
     conf_dir = "$D/cni/net.d"
 TOML
-setsid containerd --config "$D/containerd/config.toml" >>"$LOGS/containerd.log" 2>&1 </dev/null &
-echo $! >"$D/pids/containerd.pid"
+start_containerd
 wait_for 30 "containerd answering on $SOCK" ctr --address "$SOCK" version
 if [[ ${RNT_CLUSTER_SKIP_IMAGES:-} != 1 ]]; then
   for a in $(bash "$HERE/images.sh"); do
@@ -177,15 +176,8 @@ evictionHard: {memory.available: "0%", nodefs.available: "0%", imagefs.available
 localStorageCapacityIsolation: false
 $taints
 CFG
-setsid "$NODE_BIN/kubelet" --config="$D/kubelet/config.yaml" --kubeconfig="$D/kubelet/kubeconfig" \
-  --hostname-override="$NODE" --node-ip="$NODE_IP" --root-dir="$D/kubelet" \
-  --cert-dir="$D/kubelet/pki" --node-labels="$labels" \
-  >>"$LOGS/kubelet.log" 2>&1 </dev/null &
-echo $! >"$D/pids/kubelet.pid"
-node_ready() {
-  [[ $(kubectl --kubeconfig "$ADMIN" get node "$NODE" \
-    -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]
-}
+echo "$labels" >"$D/kubelet/node-labels"
+start_kubelet
 wait_for 90 "node $NODE Ready" node_ready
 # The default ServiceAccount exists once the controller-manager has run its controllers.
 wait_for 60 "ServiceAccount default/default created" kubectl --kubeconfig "$ADMIN" get sa default
