@@ -526,9 +526,16 @@ fn base_and_overlay_apply_server_side_and_keep_the_least_privilege_pod_spec() {
     };
     assert_eq!(init_args[0], "wait", "{init_args:?}");
     assert!(backlog(&init_args).is_some(), "{init_args:?}");
-    assert_eq!(backlog(&init_args), backlog(&redis_args), "tcp-backlog of wait and Redis");
+    assert_eq!(
+        backlog(&init_args),
+        backlog(&redis_args),
+        "tcp-backlog of wait and Redis"
+    );
     assert_eq!(init["securityContext"]["allowPrivilegeEscalation"], false);
-    assert_eq!(init["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(
+        init["securityContext"]["capabilities"]["drop"],
+        json!(["ALL"])
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
