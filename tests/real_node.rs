@@ -711,6 +711,7 @@ fn daemonset_on_a_real_node_gates_redis_and_keeps_the_host_tuned() {
     ];
     cluster.redis_pod("redis", "probe-untuned", true, true, &probe_args);
     let untuned = warnings(&cluster.redis_log("redis", "probe-untuned", "redis"));
+    eprintln!("Redis's warnings on the untuned node:\n{}", untuned.join("\n"));
     for w in [OVERCOMMIT_WARN, THP_WARN, BACKLOG_WARN] {
         assert!(
             untuned.iter().any(|l| l.contains(w)),
@@ -1332,6 +1333,14 @@ kubectl kustomize "$d"
     );
     assert_eq!(install.code, 0, "helm install: {install:?}");
     eprintln!("helm install:\n{}", install.stdout);
+    // NOTES.txt hands out the `wait` init container with this release's image.
+    assert!(
+        install.stdout.contains("name: wait-for-tuned-kernel")
+            && install
+                .stdout
+                .contains("image: localhost/redis-node-tuner:real-node"),
+        "helm install's notes: {install:?}"
+    );
     let (helm_agent, _) = cluster.wait(120, "the Helm-installed agent Running and Ready", || {
         cluster.ready_agent()
     });
