@@ -1293,3 +1293,142 @@ fn shipped_profiles_load_and_the_base_profile_is_the_builtin_one() {
     assert!(somaxconn.1.contains("4096"), "{somaxconn:?}");
     assert_eq!(pool.len(), builtin.len(), "{pool:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The optional MutatingAdmissionPolicy that injects the `wait` init container.
+
+/// A pod as the apiserver would store it (server-side dry run: admission runs, nothing stays).
+fn admitted_pod(api: &ApiServer, dir: &Path, name: &str, pod: Value) -> Value {
+    let f = dir.join(format!("{name}.json"));
+    std::fs::write(&f, pod.to_string()).expect("pod file");
+    let out = api.kubectl(&[
+        "create",
+        "--dry-run=server",
+        "-o",
+        "json",
+        "-f",
+        &f.to_string_lossy(),
+    ]);
+    if out.code != 0 {
+        let log = std::fs::read_to_string(api.dir.path().join("apiserver.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        panic!(
+            "create {name}: {out:?}\napiserver log (last lines first):\n{}",
+            tail.join("\n")
+        );
+    }
+    serde_json::from_str(&out.stdout).expect("pod json")
+}
+
+fn redis_pod(name: &str, labels: Value, annotations: Value, init: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": labels,
+            "annotations": annotations},
+        "spec": {"initContainers": init,
+            "containers": [{"name": "redis", "image": "redis:7.4",
+                "args": ["--tcp-backlog", "1024"]}]},
+    })
+}
+
+fn init_names(p: &Value) -> Vec<String> {
+    p["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect()
+}
+
+#[test]
+fn the_wait_injection_policy_adds_the_init_container_to_labelled_pods_only() {
+    let api = ApiServer::start_with(&[
+        "--feature-gates=MutatingAdmissionPolicy=true",
+        "--runtime-config=admissionregistration.k8s.io/v1beta1=true",
+    ]);
+    let policy = root().join("deploy/examples/wait-injection-policy.yaml");
+    let out = apply_server_side(&api, &policy, &[]);
+    assert!(
+        out.contains("mutatingadmissionpolicy.admissionregistration.k8s.io/redis-node-tuner-wait serverside-applied"),
+        "{out}"
+    );
+    // No controller-manager here: the ServiceAccount admission needs the namespace's default.
+    api.ok(&["create", "serviceaccount", "default", "-n", "default"]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let labelled = json!({"redis-node-tuner.io/wait": "true"});
+    // The policy is loaded asynchronously: wait until a labelled pod gets the container.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let pod = loop {
+        let p = admitted_pod(
+            &api,
+            tmp.path(),
+            "redis-0",
+            redis_pod(
+                "redis-0",
+                labelled.clone(),
+                json!({"redis-node-tuner.io/tcp-backlog": "1024"}),
+                json!([{"name": "chown-data", "image": "busybox", "command": ["true"]}]),
+            ),
+        );
+        if !init_names(&p).contains(&"wait-for-tuned-kernel".to_string()) {
+            assert!(
+                std::time::Instant::now() < end,
+                "the policy never injected: {p:#}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            continue;
+        }
+        break p;
+    };
+    // Ours first, the pod's own init container kept, with the pod's backlog and no privilege.
+    assert_eq!(
+        init_names(&pod),
+        ["wait-for-tuned-kernel", "chown-data"],
+        "{pod:#}"
+    );
+    let c = &pod["spec"]["initContainers"][0];
+    assert_eq!(
+        c["args"],
+        json!(["wait", "--tcp-backlog", "1024", "--timeout", "10m"]),
+        "{c:#}"
+    );
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert!(
+        c["image"]
+            .as_str()
+            .is_some_and(|i| i.ends_with("/redis-node-tuner:0.1.0")),
+        "{c:#}"
+    );
+    // No annotation: Redis's default backlog, 511; no init containers of its own.
+    let p = admitted_pod(
+        &api,
+        tmp.path(),
+        "redis-1",
+        redis_pod("redis-1", labelled.clone(), json!({}), json!([])),
+    );
+    assert_eq!(init_names(&p), ["wait-for-tuned-kernel"], "{p:#}");
+    assert_eq!(p["spec"]["initContainers"][0]["args"][2], "511");
+    // Already there (written into the workload): not added twice.
+    let own = json!([{"name": "wait-for-tuned-kernel", "image": "mine/redis-node-tuner:1",
+        "args": ["wait", "--tcp-backlog", "2048"]}]);
+    let p = admitted_pod(
+        &api,
+        tmp.path(),
+        "redis-2",
+        redis_pod("redis-2", labelled, json!({}), own),
+    );
+    assert_eq!(init_names(&p), ["wait-for-tuned-kernel"], "{p:#}");
+    assert_eq!(
+        p["spec"]["initContainers"][0]["image"],
+        "mine/redis-node-tuner:1"
+    );
+    // Not labelled: untouched.
+    let p = admitted_pod(
+        &api,
+        tmp.path(),
+        "other",
+        redis_pod("other", json!({"app": "other"}), json!({}), json!([])),
+    );
+    assert!(init_names(&p).is_empty(), "{p:#}");
+}

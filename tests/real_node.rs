@@ -711,7 +711,10 @@ fn daemonset_on_a_real_node_gates_redis_and_keeps_the_host_tuned() {
     ];
     cluster.redis_pod("redis", "probe-untuned", true, true, &probe_args);
     let untuned = warnings(&cluster.redis_log("redis", "probe-untuned", "redis"));
-    eprintln!("Redis's warnings on the untuned node:\n{}", untuned.join("\n"));
+    eprintln!(
+        "Redis's warnings on the untuned node:\n{}",
+        untuned.join("\n")
+    );
     for w in [OVERCOMMIT_WARN, THP_WARN, BACKLOG_WARN] {
         assert!(
             untuned.iter().any(|l| l.contains(w)),

@@ -37,16 +37,24 @@ pub struct ApiServer {
     child: Option<Child>,
     pub url: String,
     port: u16,
+    /// Extra kube-apiserver flags (after `--`).
+    extra: Vec<String>,
 }
 
 impl ApiServer {
     pub fn start() -> ApiServer {
+        ApiServer::start_with(&[])
+    }
+
+    /// As [`ApiServer::start`], with extra kube-apiserver flags (feature gates, runtime config).
+    pub fn start_with(extra: &[&str]) -> ApiServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = ApiServer {
             dir,
             child: None,
             url: String::new(),
             port: 0,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         s
@@ -100,6 +108,13 @@ impl ApiServer {
             .arg(self.dir.path())
             .arg("-port")
             .arg(self.port.to_string())
+            .args(if self.extra.is_empty() {
+                vec![]
+            } else {
+                std::iter::once("--".to_string())
+                    .chain(self.extra.iter().cloned())
+                    .collect()
+            })
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
