@@ -312,6 +312,10 @@ fn deb_installs_binary_unit_config_and_man_page_then_removes_cleanly() {
         "./usr/lib/systemd/system/redis-server@.service.d/redis-node-tuner.conf",
         "./usr/lib/systemd/system/redis.service.d/redis-node-tuner.conf",
         "./usr/lib/systemd/system/redis@.service.d/redis-node-tuner.conf",
+        "./usr/lib/systemd/system/valkey-server.service.d/redis-node-tuner.conf",
+        "./usr/lib/systemd/system/valkey-server@.service.d/redis-node-tuner.conf",
+        "./usr/lib/systemd/system/valkey.service.d/redis-node-tuner.conf",
+        "./usr/lib/systemd/system/valkey@.service.d/redis-node-tuner.conf",
         "./usr/share/redis-node-tuner/writer-watch.conf",
     ] {
         assert!(
