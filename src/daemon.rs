@@ -302,6 +302,27 @@ impl Enforcer {
 
 /// Runs the daemon until SIGTERM or SIGINT: binds `listen` (empty: no HTTP), starts the gate in
 /// Kubernetes mode, and supervises.
+/// Binds `--listen`. `:PORT` is every address of the host: `[::]:PORT`, which also takes IPv4
+/// (the kernel's default `net.ipv6.bindv6only=0`), so one socket serves IPv4-only, dual-stack
+/// and IPv6-only networks; on a kernel without IPv6 (`ipv6.disable=1`) `0.0.0.0:PORT`.
+pub async fn bind(listen: &str) -> std::io::Result<TcpListener> {
+    let Some(port) = listen.strip_prefix(':') else {
+        return TcpListener::bind(listen).await;
+    };
+    let port: u16 = port.parse().map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{port:?} is not a port number"),
+        )
+    })?;
+    match TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port)).await {
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port)).await
+        }
+        r => r,
+    }
+}
+
 pub async fn run(
     mut agent: Agent,
     listen: &str,
@@ -315,13 +336,17 @@ pub async fn run(
     let listener = if listen.is_empty() {
         None
     } else {
-        let l = TcpListener::bind(listen)
+        let l = bind(listen)
             .await
             .map_err(|source| DaemonError::Listen {
                 addr: listen.to_string(),
                 source,
             })?;
-        tracing::info!(listen, "serving /metrics, /healthz, /readyz");
+        let bound = l
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| listen.to_string());
+        tracing::info!(listen, bound, "serving /metrics, /healthz, /readyz");
         Some(l)
     };
     let metrics = Arc::new(Metrics::new());
@@ -527,6 +552,21 @@ async fn supervise(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_port_alone_listens_on_ipv4_and_ipv6() {
+        let l = bind(":0").await.expect("bind :0");
+        let port = l.local_addr().expect("addr").port();
+        for addr in ["127.0.0.1", "::1"] {
+            let ip: std::net::IpAddr = addr.parse().expect("ip");
+            tokio::net::TcpStream::connect((ip, port))
+                .await
+                .unwrap_or_else(|e| panic!("connect to {addr} port {port}: {e}"));
+            l.accept().await.expect("accept");
+        }
+        let e = bind(":http").await.expect_err("a name is not a port");
+        assert!(e.to_string().contains("\"http\" is not a port number"), "{e}");
+    }
 
     #[tokio::test]
     async fn a_dead_gate_fails_healthz_and_ends_the_daemon_with_an_error() {

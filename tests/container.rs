@@ -168,7 +168,7 @@ fn image_is_scratch_static_small_and_runs_the_agent() {
     );
     assert_eq!(
         inspect("{{json .Config.Cmd}}"),
-        r#"["run","--listen","0.0.0.0:9977"]"#
+        r#"["run","--listen",":9977"]"#
     );
     assert_eq!(inspect("{{.Config.User}}"), "0:0");
     assert!(

@@ -241,7 +241,7 @@ fn assert_least_privilege(ds: &Value) {
     );
     assert_eq!(
         c["args"],
-        json!(["run", "--listen", "0.0.0.0:9977"]),
+        json!(["run", "--listen", ":9977"]),
         "{c:#}"
     );
     assert!(c["resources"]["requests"]["cpu"].is_string(), "{c:#}");
@@ -949,7 +949,7 @@ fn pod_command(
         .iter()
         .map(|a| {
             let a = a.as_str().expect("arg");
-            if a == "0.0.0.0:9977" {
+            if a == ":9977" {
                 listen.to_string()
             } else {
                 a.to_string()

@@ -170,7 +170,7 @@ impl Cluster {
         extra_args: &[&str],
         config: Option<&str>,
     ) -> PathBuf {
-        let mut args = vec!["run", "--listen", "0.0.0.0:9977"];
+        let mut args = vec!["run", "--listen", ":9977"];
         args.extend_from_slice(extra_args);
         let dir = self.work.path().join(name);
         let components = if apparmor {
