@@ -574,6 +574,23 @@ fn values_change_what_they_should_and_a_profile_change_rolls_the_daemonset() {
             && text.contains("job=\\\"tuning/redis-node-tuner\\\""),
         "the release namespace is not used everywhere"
     );
+    // The dashboard's queries and the runbooks' commands too (not only the rules' expressions).
+    let other_objs = by_kind_name(other.clone());
+    for k in [
+        "ConfigMap/redis-node-tuner-dashboard",
+        "PrometheusRule/redis-node-tuner",
+    ] {
+        let t = serde_json::to_string(&other_objs[k]).expect("json");
+        for stale in [
+            "redis-node-tuner/redis-node-tuner",
+            "namespace=\\\\\\\"redis-node-tuner",
+            "namespace=\\\"redis-node-tuner",
+            "-n redis-node-tuner ",
+        ] {
+            assert!(!t.contains(stale), "{k} still names {stale:?}: {t}");
+        }
+        assert!(t.contains("tuning/redis-node-tuner"), "{k}: {t}");
+    }
     let fs = other
         .iter()
         .find(|o| o["kind"] == json!("FlowSchema"))
