@@ -67,7 +67,7 @@ fn somaxconn_source(value: u32, default: Option<u32>) -> String {
     }
 }
 
-/// The three ways to give a pod-network Redis a sufficient backlog (README, "Redis in a pod").
+/// The three ways to give a pod-network Redis a sufficient backlog (README "Every Redis start gated: wait").
 pub const SOMAXCONN_REMEDY: &str = "raise it with the pod's securityContext.sysctls \
      (net.core.somaxconn; the kubelet needs --allowed-unsafe-sysctls=net.core.somaxconn), run \
      Redis with hostNetwork (the host's value, which the agent sets), use a kernel >= 5.4 \

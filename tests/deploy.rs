@@ -580,7 +580,7 @@ fn condition_patch(type_: &str, status: &str) -> Value {
         "message": "test", "lastHeartbeatTime": now, "lastTransitionTime": now}]}})
 }
 
-/// Taints merge patch with resourceVersion, as src/k8s.rs writes them.
+/// Taints merge patch with resourceVersion, as src/k8s/ writes them.
 fn taints_patch(node: &Node, taints: Value) -> Patch<Value> {
     Patch::Merge(json!({
         "metadata": {"resourceVersion": node.metadata.resource_version},
@@ -589,7 +589,7 @@ fn taints_patch(node: &Node, taints: Value) -> Patch<Value> {
 }
 
 /// The node's taints without ours (and without `drop`), plus ours when `ours`, in the order
-/// src/k8s.rs writes them.
+/// src/k8s/ writes them.
 fn taint_list(node: &Node, ours: bool, drop: Option<&str>) -> Value {
     let mut list: Vec<Value> = node
         .spec
@@ -652,7 +652,7 @@ fn admission_policy_confines_the_agent_to_its_own_nodes_label_taint_and_conditio
         let apply = PatchParams::apply("redis-node-tuner").force();
         let plain = PatchParams::default();
 
-        // Its own node: exactly the writes of src/k8s.rs are admitted.
+        // Its own node: exactly the writes of src/k8s/ are admitted.
         allowed(
             nodes
                 .patch("db-a", &apply, &label_apply("db-a", json!({LABEL: "true"})))

@@ -21,7 +21,7 @@ const VM_KERNELS: [&str; 2] = ["6.1", "6.12"];
 const HOST: &str = "host";
 /// The bound of one suite run (vm.sh's own hard timeout is the same).
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
-/// Both VMs at once: measured on 2 cores (README, "Timing"), one VM after the other is as fast
+/// Both VMs at once: measured on 2 cores (tests/kernel-matrix/README.md, "Timing"), one VM after the other is as fast
 /// as two at once, and the host run beside them costs the VMs nothing.
 const VMS_IN_PARALLEL: bool = true;
 

@@ -12,7 +12,7 @@ use aya::{Ebpf, EbpfLoader};
 
 use super::Unavailable;
 
-/// The compiled object (x86_64; see `bpf/README.md`).
+/// The compiled object (x86_64; built by `bpf/build.sh`, which says how).
 #[cfg(target_arch = "x86_64")]
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/writers.bpf.o");
 
