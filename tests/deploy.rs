@@ -233,7 +233,8 @@ fn assert_least_privilege(ds: &Value) {
 
     // Probes, port, resources, rollout.
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], json!("/healthz"));
-    assert_eq!(c["readinessProbe"]["httpGet"]["path"], json!("/readyz"));
+    // Pod readiness is the agent's health (rollouts), not the node's tuning (label, condition).
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], json!("/healthz"));
     let port = &c["ports"][0];
     assert_eq!(
         (&port["name"], &port["containerPort"]),

@@ -130,7 +130,7 @@ fn problems(rel: &str, text: &str, readme: &BTreeSet<String>, own: &BTreeSet<Str
         }) {
             let tok = tok.trim_end_matches(['.', '/']);
             if !TREE.iter().any(|p| tok.starts_with(p))
-                || tok.contains(['*', '$', '%', '\\'])
+                || tok.contains(['*', '$', '%', '\\', '…'])
                 || tok.contains("...")
                 || tok.contains("..")
             {
@@ -156,6 +156,10 @@ fn every_reference_to_a_readme_section_anchor_or_path_exists() {
         let Ok(text) = std::fs::read_to_string(&f) else {
             continue;
         };
+        if f.ends_with("tests/references.rs") {
+            // Its own examples of dangling references.
+            continue;
+        }
         let rel = f
             .strip_prefix(repo())
             .unwrap_or(&f)
