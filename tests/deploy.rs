@@ -153,7 +153,8 @@ fn assert_least_privilege(ds: &Value) {
     assert_eq!(spec["hostNetwork"], json!(true));
     assert_ne!(spec["hostPID"], json!(true));
     assert_ne!(spec["hostIPC"], json!(true));
-    assert_eq!(spec["priorityClassName"], json!("system-node-critical"));
+    // Its own class: ahead of workloads, never preempting them (not system-node-critical).
+    assert_eq!(spec["priorityClassName"], json!("redis-node-tuner"));
     assert_eq!(spec["serviceAccountName"], json!(NS));
 
     // Exactly these host paths, each where the agent looks for it.
