@@ -22,6 +22,8 @@ const NS: &str = "redis-node-tuner";
 const LABEL: &str = "redis-node-tuner.io/ready";
 const TAINT: &str = "redis-node-tuner.io/not-ready";
 const COND: &str = "RedisKernelTuned";
+/// The domain-qualified condition type the README recommends for node-readiness-controller.
+const QUALIFIED_COND: &str = "redis-node-tuner.io/KernelTuned";
 const SECONDS: Duration = Duration::from_secs(20);
 
 fn root() -> PathBuf {
@@ -656,6 +658,25 @@ fn admission_policy_confines_the_agent_to_its_own_nodes_label_taint_and_conditio
                 .await,
             "condition on db-a",
         );
+        // The domain-qualified type of `--condition-type` (node-readiness-controller), written
+        // and deleted as `run` and `cleanup` do.
+        for (patch, what) in [
+            (
+                condition_patch(QUALIFIED_COND, "True"),
+                "the qualified condition on db-a",
+            ),
+            (
+                json!({"status": {"conditions": [{"type": QUALIFIED_COND, "$patch": "delete"}]}}),
+                "deleting the qualified condition on db-a",
+            ),
+        ] {
+            allowed(
+                nodes
+                    .patch_status("db-a", &plain, &Patch::Strategic(patch))
+                    .await,
+                what,
+            );
+        }
         allowed(
             nodes
                 .patch("db-a", &apply, &label_apply("db-a", json!({})))
@@ -768,6 +789,17 @@ fn admission_policy_confines_the_agent_to_its_own_nodes_label_taint_and_conditio
                 .patch_status(
                     "db-a",
                     &plain,
+                    &Patch::Strategic(condition_patch("example.com/KernelTuned", "True")),
+                )
+                .await,
+            "a condition type of another domain on db-a",
+            "may write only its condition RedisKernelTuned",
+        );
+        assert_denied(
+            nodes
+                .patch_status(
+                    "db-a",
+                    &plain,
                     &Patch::Merge(json!({"status": {"addresses": [
                         {"type": "InternalIP", "address": "192.0.2.66"}]}})),
                 )
@@ -862,6 +894,7 @@ fn admission_policy_confines_the_agent_to_its_own_nodes_label_taint_and_conditio
         Some(json!("True"))
     );
     assert!(condition(&a, COND).is_none(), "{a:#}");
+    assert!(condition(&a, QUALIFIED_COND).is_none(), "{a:#}");
     assert_eq!(
         api.node("db-b")["metadata"]["resourceVersion"],
         b_before["metadata"]["resourceVersion"],
