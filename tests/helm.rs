@@ -349,6 +349,15 @@ fn privileges(objs: &BTreeMap<String, Value>) -> Value {
     let ds = normalize(objs["DaemonSet/redis-node-tuner"].clone());
     let spec = &ds["spec"]["template"]["spec"];
     let c = &spec["containers"][0];
+    // `--condition-type T` (value conditionType) names the condition and grants nothing: what
+    // the agent may write is the admission policy's, compared in `access`.
+    let mut args = c["args"].clone();
+    if let Some(a) = args.as_array_mut()
+        && let Some(i) = a.iter().position(|x| x == "--condition-type")
+        && i + 1 < a.len()
+    {
+        a.drain(i..i + 2);
+    }
     json!({
         "containers": spec["containers"].as_array().map(Vec::len),
         "initContainers": spec["initContainers"],
@@ -363,7 +372,7 @@ fn privileges(objs: &BTreeMap<String, Value>) -> Value {
         "volumes": spec["volumes"],
         "securityContext": c["securityContext"],
         "volumeMounts": c["volumeMounts"],
-        "args": c["args"],
+        "args": args,
         "command": c["command"],
         "ports": c["ports"],
         "envFrom": c["envFrom"],
@@ -668,13 +677,19 @@ fn values_change_what_they_should_and_a_profile_change_rolls_the_daemonset() {
 #[test]
 fn values_schema_refuses_bad_values_with_the_field_named() {
     let bad = repo().join("tests/fixtures/helm");
-    let cases: [(&str, &[&str], &str); 11] = [
+    let cases: [(&str, &[&str], &str); 12] = [
         ("own taint listed", &[], "bad-own-toleration.yaml"),
         ("unknown key", &["hostPID=true"], "hostPID"),
         ("taint effect", &["taintEffect=Evict"], "taintEffect"),
         (
             "condition type",
             &["conditionType=Kernel Tuned"],
+            "conditionType",
+        ),
+        // The kubelet's condition: the policy would let the agent overwrite it.
+        (
+            "kubelet's condition type",
+            &["conditionType=Ready"],
             "conditionType",
         ),
         // A quote would end the admission policy's CEL string.

@@ -10,6 +10,16 @@ pub const DEFAULT: &str = "RedisKernelTuned";
 /// The domain-qualified type recommended for node-readiness-controller rules.
 pub const QUALIFIED: &str = "redis-node-tuner.io/KernelTuned";
 
+/// The kubelet's own Node condition types: never the agent's (it would overwrite them, and the
+/// kubelet would overwrite it).
+pub const KUBELET: [&str; 5] = [
+    "Ready",
+    "MemoryPressure",
+    "DiskPressure",
+    "PIDPressure",
+    "NetworkUnavailable",
+];
+
 /// Longest name part of a qualified name.
 const NAME_MAX: usize = 63;
 /// Longest prefix (a DNS subdomain).
@@ -36,6 +46,8 @@ pub enum ConditionTypeError {
         "name {0:?} must be alphanumeric, '-', '_' or '.', starting and ending with an alphanumeric"
     )]
     BadName(String),
+    #[error("{0} is the kubelet's condition; use a type of your own, e.g. {QUALIFIED}")]
+    Kubelet(String),
 }
 
 /// A validated condition type: an optional DNS-subdomain prefix and '/', then a name of at most
@@ -109,6 +121,9 @@ pub fn validate(s: &str) -> Result<(), ConditionTypeError> {
     if !(inner_ok && ends_ok) {
         return Err(ConditionTypeError::BadName(name.to_string()));
     }
+    if KUBELET.contains(&s) {
+        return Err(ConditionTypeError::Kubelet(s.to_string()));
+    }
     Ok(())
 }
 
@@ -136,7 +151,8 @@ mod tests {
         for ok in [
             DEFAULT,
             QUALIFIED,
-            "Ready",
+            "Readiness",
+            "example.com/Ready",
             "a",
             "A1",
             "x_y.z-w",
@@ -198,6 +214,11 @@ mod tests {
             ("_x", BadName("_x".into())),
             ("Tüned", BadName("Tüned".into())),
             ("a.io/Tuned!", BadName("Tuned!".into())),
+            ("Ready", Kubelet("Ready".into())),
+            ("MemoryPressure", Kubelet("MemoryPressure".into())),
+            ("DiskPressure", Kubelet("DiskPressure".into())),
+            ("PIDPressure", Kubelet("PIDPressure".into())),
+            ("NetworkUnavailable", Kubelet("NetworkUnavailable".into())),
         ];
         for (s, want) in cases {
             assert_eq!(validate(s).as_ref(), Err(want), "{s:?}");
