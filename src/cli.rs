@@ -13,7 +13,7 @@ use crate::commands::{apply, check, dry_run, journal_failed, restore};
 use crate::daemon::{DaemonError, KubeMode, LockUnavailable, WatchOptions};
 pub use crate::exit::{Exit, Output};
 use crate::journal::{self, Journal, JournalError, StateLock};
-use crate::k8s::GateError;
+use crate::k8s::{ConditionType, GateError};
 use crate::kernel::HostFs;
 use crate::metrics::Metrics;
 use crate::profile::{self, Profile};
@@ -94,6 +94,17 @@ pub struct Cli {
         default_value = "10s"
     )]
     pub kube_timeout: String,
+    /// Kubernetes mode: type of the agent's Node condition, a qualified name (e.g.
+    /// redis-node-tuner.io/KernelTuned for node-readiness-controller); `cleanup` removes this
+    /// type.
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_NODE_TUNER_CONDITION_TYPE",
+        value_name = "TYPE",
+        default_value = crate::k8s::CONDITION
+    )]
+    pub condition_type: ConditionType,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -270,6 +281,7 @@ fn kube_mode(cli: &Cli) -> Result<Option<KubeMode>, String> {
         kubeconfig: cli.kubeconfig.clone(),
         opts: crate::k8s::GateOptions {
             node_name,
+            condition_type: cli.condition_type.clone(),
             taint_effect,
             heartbeat,
             pod,
@@ -536,9 +548,20 @@ fn cleanup(cli: &Cli) -> Exit {
     };
     rt.block_on(async {
         let metrics = Arc::new(Metrics::new());
-        match crate::k8s::cleanup(cli.kubeconfig.as_deref(), &node, timeout, metrics).await {
+        match crate::k8s::cleanup(
+            cli.kubeconfig.as_deref(),
+            &node,
+            &cli.condition_type,
+            timeout,
+            metrics,
+        )
+        .await
+        {
             Ok(()) => {
-                println!("removed label, taint and condition of redis-node-tuner from node {node}");
+                println!(
+                    "removed label, taint and condition {} of redis-node-tuner from node {node}",
+                    cli.condition_type
+                );
                 Exit::Ok
             }
             Err(e @ (GateError::Kubeconfig { .. } | GateError::InCluster(_))) => {

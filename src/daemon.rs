@@ -336,12 +336,10 @@ pub async fn run(
     let listener = if listen.is_empty() {
         None
     } else {
-        let l = bind(listen)
-            .await
-            .map_err(|source| DaemonError::Listen {
-                addr: listen.to_string(),
-                source,
-            })?;
+        let l = bind(listen).await.map_err(|source| DaemonError::Listen {
+            addr: listen.to_string(),
+            source,
+        })?;
         let bound = l
             .local_addr()
             .map(|a| a.to_string())
@@ -565,7 +563,10 @@ mod tests {
             l.accept().await.expect("accept");
         }
         let e = bind(":http").await.expect_err("a name is not a port");
-        assert!(e.to_string().contains("\"http\" is not a port number"), "{e}");
+        assert!(
+            e.to_string().contains("\"http\" is not a port number"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

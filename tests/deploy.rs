@@ -2,7 +2,8 @@
 //! object of the base and the overlay applied server-side and read back; the admission policy
 //! with the agent's real Pod-bound token; the agent run exactly as its DaemonSet pod runs it
 //! (its env, args, mounts remapped onto a fake kernel tree) under that policy; the PodMonitor
-//! and PrometheusRule against the prometheus-operator CRDs (fetched by deploy/crds/fetch.sh).
+//! and PrometheusRule against the prometheus-operator CRDs (fetched by deploy/crds/fetch.sh);
+//! the NodeReadinessRule example against node-readiness-controller's CRD (tests/fixtures).
 
 mod common;
 use common::apiserver::{ApiServer, condition, label, taint_keys};
@@ -22,6 +23,8 @@ const NS: &str = "redis-node-tuner";
 const LABEL: &str = "redis-node-tuner.io/ready";
 const TAINT: &str = "redis-node-tuner.io/not-ready";
 const COND: &str = "RedisKernelTuned";
+/// The domain-qualified condition type the README recommends for node-readiness-controller.
+const QUALIFIED_COND: &str = "redis-node-tuner.io/KernelTuned";
 const SECONDS: Duration = Duration::from_secs(20);
 
 fn root() -> PathBuf {
@@ -241,11 +244,7 @@ fn assert_least_privilege(ds: &Value) {
         (&port["name"], &port["containerPort"]),
         (&json!("metrics"), &json!(9977))
     );
-    assert_eq!(
-        c["args"],
-        json!(["run", "--listen", ":9977"]),
-        "{c:#}"
-    );
+    assert_eq!(c["args"], json!(["run", "--listen", ":9977"]), "{c:#}");
     assert!(c["resources"]["requests"]["cpu"].is_string(), "{c:#}");
     assert!(c["resources"]["limits"]["memory"].is_string(), "{c:#}");
     let ru = &ds["spec"]["updateStrategy"];
@@ -692,6 +691,25 @@ fn admission_policy_confines_the_agent_to_its_own_nodes_label_taint_and_conditio
                 .await,
             "condition on db-a",
         );
+        // The domain-qualified type of `--condition-type` (node-readiness-controller), written
+        // and deleted as `run` and `cleanup` do.
+        for (patch, what) in [
+            (
+                condition_patch(QUALIFIED_COND, "True"),
+                "the qualified condition on db-a",
+            ),
+            (
+                json!({"status": {"conditions": [{"type": QUALIFIED_COND, "$patch": "delete"}]}}),
+                "deleting the qualified condition on db-a",
+            ),
+        ] {
+            allowed(
+                nodes
+                    .patch_status("db-a", &plain, &Patch::Strategic(patch))
+                    .await,
+                what,
+            );
+        }
         allowed(
             nodes
                 .patch("db-a", &apply, &label_apply("db-a", json!({})))
@@ -804,6 +822,17 @@ fn admission_policy_confines_the_agent_to_its_own_nodes_label_taint_and_conditio
                 .patch_status(
                     "db-a",
                     &plain,
+                    &Patch::Strategic(condition_patch("example.com/KernelTuned", "True")),
+                )
+                .await,
+            "a condition type of another domain on db-a",
+            "may write only its condition RedisKernelTuned",
+        );
+        assert_denied(
+            nodes
+                .patch_status(
+                    "db-a",
+                    &plain,
                     &Patch::Merge(json!({"status": {"addresses": [
                         {"type": "InternalIP", "address": "192.0.2.66"}]}})),
                 )
@@ -898,6 +927,7 @@ fn admission_policy_confines_the_agent_to_its_own_nodes_label_taint_and_conditio
         Some(json!("True"))
     );
     assert!(condition(&a, COND).is_none(), "{a:#}");
+    assert!(condition(&a, QUALIFIED_COND).is_none(), "{a:#}");
     assert_eq!(
         api.node("db-b")["metadata"]["resourceVersion"],
         b_before["metadata"]["resourceVersion"],
@@ -1433,4 +1463,108 @@ fn the_wait_injection_policy_adds_the_init_container_to_labelled_pods_only() {
         redis_pod("other", json!({"app": "other"}), json!({}), json!([])),
     );
     assert!(init_names(&p).is_empty(), "{p:#}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// node-readiness-controller: the documented NodeReadinessRule.
+
+/// The first ```yaml block of the README section `heading`, parsed.
+fn readme_yaml_block(heading: &str) -> Value {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let section = readme
+        .split_once(&format!("\n{heading}\n"))
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("README has no section {heading:?}"));
+    let block = section
+        .split_once("```yaml\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .map(|(block, _)| block)
+        .unwrap_or_else(|| panic!("README section {heading:?} has no yaml block"));
+    serde_saphyr::from_str(block).expect("README's NodeReadinessRule parses as YAML")
+}
+
+#[test]
+fn node_readiness_rule_example_names_the_documented_type_and_the_real_crd_accepts_it() {
+    const HEADING: &str = "### With node-readiness-controller";
+    let file = root().join("deploy/examples/node-readiness-rule.yaml");
+    let rule: Value = serde_saphyr::from_str(&std::fs::read_to_string(&file).expect("example"))
+        .expect("deploy/examples/node-readiness-rule.yaml parses as YAML");
+    // The README shows the file as it is.
+    assert_eq!(readme_yaml_block(HEADING), rule);
+
+    // The fields of the v1alpha1 API (api/v1alpha1/nodereadinessrule_types.go at v0.5.0).
+    assert_eq!(rule["apiVersion"], "readiness.node.x-k8s.io/v1alpha1");
+    assert_eq!(rule["kind"], "NodeReadinessRule");
+    let spec = &rule["spec"];
+    assert_eq!(
+        spec["conditions"],
+        json!([{"type": QUALIFIED_COND, "requiredStatus": "True"}]),
+        "the rule must name the documented condition type"
+    );
+    redis_node_tuner::k8s::condition_type::validate(QUALIFIED_COND)
+        .expect("the agent accepts the documented type");
+    let key = spec["taint"]["key"].as_str().expect("taint.key");
+    assert!(key.starts_with("readiness.k8s.io/"), "{key}");
+    assert_ne!(key, TAINT, "the controller's taint is not the agent's");
+    assert_eq!(spec["taint"]["effect"], "NoSchedule");
+    assert!(
+        ["bootstrap-only", "continuous"].contains(&spec["enforcementMode"].as_str().unwrap_or("")),
+        "{spec:#}"
+    );
+    assert!(spec["nodeSelector"].is_object(), "{spec:#}");
+
+    // The documented command line and the Helm example agree with the rule.
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    assert!(readme.contains(&format!(
+        "run --condition-type {QUALIFIED_COND} --taint-effect none"
+    )));
+    let helm: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(
+            root().join("deploy/helm/redis-node-tuner/examples/node-readiness-controller.yaml"),
+        )
+        .expect("Helm example"),
+    )
+    .expect("Helm example parses");
+    assert_eq!(helm["conditionType"], QUALIFIED_COND);
+    assert_eq!(helm["taintEffect"], "none");
+    assert!(
+        helm["tolerations"].as_array().is_some_and(|t| t
+            .iter()
+            .any(|t| t["key"] == key && t["operator"] == "Exists")),
+        "the agent must tolerate the controller's taint {key}: {helm:#}"
+    );
+
+    // The controller's own CRD (v0.5.0, tests/fixtures) on the real apiserver: the rule passes
+    // its schema and CEL rules (server-side dry run); a rule with the agent's taint key is
+    // refused, so the validation is in force.
+    let api = ApiServer::start();
+    apply_server_side(
+        &api,
+        &root().join("tests/fixtures/node-readiness-controller/nodereadinessrules.yaml"),
+        &[],
+    );
+    api.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/nodereadinessrules.readiness.node.x-k8s.io",
+    ]);
+    let out = apply_server_side(&api, &file, &["--dry-run=server"]);
+    assert!(
+        out.contains("nodereadinessrule.readiness.node.x-k8s.io/redis-kernel-tuned"),
+        "{out}"
+    );
+    let mut bad = rule.clone();
+    bad["spec"]["taint"]["key"] = json!(TAINT);
+    let p = api.dir.path().join("bad-rule.json");
+    std::fs::write(&p, bad.to_string()).expect("write");
+    let p = p.to_string_lossy().into_owned();
+    let out = api.kubectl(&["apply", "--server-side", "--dry-run=server", "-f", &p]);
+    assert!(
+        out.code != 0
+            && out
+                .stderr
+                .contains("taint key must start with 'readiness.k8s.io/'"),
+        "{out:?}"
+    );
 }

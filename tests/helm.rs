@@ -349,6 +349,15 @@ fn privileges(objs: &BTreeMap<String, Value>) -> Value {
     let ds = normalize(objs["DaemonSet/redis-node-tuner"].clone());
     let spec = &ds["spec"]["template"]["spec"];
     let c = &spec["containers"][0];
+    // `--condition-type T` (value conditionType) names the condition and grants nothing: what
+    // the agent may write is the admission policy's, compared in `access`.
+    let mut args = c["args"].clone();
+    if let Some(a) = args.as_array_mut()
+        && let Some(i) = a.iter().position(|x| x == "--condition-type")
+        && i + 1 < a.len()
+    {
+        a.drain(i..i + 2);
+    }
     json!({
         "containers": spec["containers"].as_array().map(Vec::len),
         "initContainers": spec["initContainers"],
@@ -363,7 +372,7 @@ fn privileges(objs: &BTreeMap<String, Value>) -> Value {
         "volumes": spec["volumes"],
         "securityContext": c["securityContext"],
         "volumeMounts": c["volumeMounts"],
-        "args": c["args"],
+        "args": args,
         "command": c["command"],
         "ports": c["ports"],
         "envFrom": c["envFrom"],
@@ -557,6 +566,62 @@ fn values_change_what_they_should_and_a_profile_change_rolls_the_daemonset() {
         );
     }
 
+    // conditionType: passed as --condition-type, and let through the admission policy (the two
+    // types of the agent are always; another one is added). Empty: no flag (the base's args).
+    let args_and_types = |set: &[&str]| {
+        let objs = by_kind_name(objects(&render_ok(NS, &[], set)));
+        let args = objs["DaemonSet/redis-node-tuner"]["spec"]["template"]["spec"]["containers"][0]
+            ["args"]
+            .clone();
+        let vars =
+            &objs["ValidatingAdmissionPolicy/redis-node-tuner-own-node-marks"]["spec"]["variables"];
+        let types = vars
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == json!("conditionTypes")))
+            .map(|v| {
+                v["expression"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            });
+        (args, types)
+    };
+    let both = "['RedisKernelTuned', 'redis-node-tuner.io/KernelTuned']";
+    assert_eq!(
+        args_and_types(&[]),
+        (json!(["run", "--listen", ":9977"]), Some(both.to_string()))
+    );
+    assert_eq!(
+        args_and_types(&["conditionType=redis-node-tuner.io/KernelTuned"]),
+        (
+            json!([
+                "run",
+                "--listen",
+                ":9977",
+                "--condition-type",
+                "redis-node-tuner.io/KernelTuned"
+            ]),
+            Some(both.to_string())
+        )
+    );
+    assert_eq!(
+        args_and_types(&["conditionType=example.com/Tuned"]),
+        (
+            json!([
+                "run",
+                "--listen",
+                ":9977",
+                "--condition-type",
+                "example.com/Tuned"
+            ]),
+            Some(
+                "['RedisKernelTuned', 'redis-node-tuner.io/KernelTuned', 'example.com/Tuned']"
+                    .to_string()
+            )
+        )
+    );
+
     // Another namespace: every namespaced object and the policies' user name follow it.
     let other = objects(&render_ok("tuning", &[], &[]));
     for o in &other {
@@ -612,6 +677,10 @@ fn values_change_what_they_should_and_a_profile_change_rolls_the_daemonset() {
     };
     let a = checksum(&[]);
     assert_eq!(a.len(), 64, "{a}");
+    assert_eq!(
+        a,
+        checksum(&["conditionType=redis-node-tuner.io/KernelTuned"])
+    );
     assert_eq!(a, checksum(&["taintEffect=NoExecute"]));
     assert_ne!(
         a,
@@ -622,10 +691,27 @@ fn values_change_what_they_should_and_a_profile_change_rolls_the_daemonset() {
 #[test]
 fn values_schema_refuses_bad_values_with_the_field_named() {
     let bad = repo().join("tests/fixtures/helm");
-    let cases: [(&str, &[&str], &str); 9] = [
+    let cases: [(&str, &[&str], &str); 12] = [
         ("own taint listed", &[], "bad-own-toleration.yaml"),
         ("unknown key", &["hostPID=true"], "hostPID"),
         ("taint effect", &["taintEffect=Evict"], "taintEffect"),
+        (
+            "condition type",
+            &["conditionType=Kernel Tuned"],
+            "conditionType",
+        ),
+        // The kubelet's condition: the policy would let the agent overwrite it.
+        (
+            "kubelet's condition type",
+            &["conditionType=Ready"],
+            "conditionType",
+        ),
+        // A quote would end the admission policy's CEL string.
+        (
+            "condition type injection",
+            &["conditionType=a.io/x']+['Ready"],
+            "conditionType",
+        ),
         ("image injection", &[], "bad-image-injection.yaml"),
         ("node selector injection", &[], "bad-node-selector.yaml"),
         (

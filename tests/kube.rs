@@ -530,3 +530,217 @@ fn the_agents_requests_land_in_their_own_priority_level() {
         "no request dispatched at priority level redis-node-tuner"
     );
 }
+
+/// The domain-qualified condition type the README recommends for node-readiness-controller.
+const QUALIFIED: &str = "redis-node-tuner.io/KernelTuned";
+/// A node-readiness-controller taint: not the agent's, never touched by it.
+const READINESS_TAINT: &str = "readiness.k8s.io/redis-kernel-tuned";
+
+/// The Node's condition types, sorted.
+fn condition_types(n: &Value) -> Vec<String> {
+    let mut types: Vec<String> = n["status"]["conditions"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|c| c["type"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    types.sort();
+    types
+}
+
+/// The controller's taint is there, the agent's is not.
+fn assert_taints_are_theirs_only(n: &Value) {
+    let keys = taint_keys(n);
+    assert!(
+        keys.contains(&READINESS_TAINT.to_string()) && !keys.contains(&TAINT.to_string()),
+        "{keys:?}\n{n:#}"
+    );
+}
+
+#[test]
+fn qualified_condition_type_with_taint_none_reports_for_node_readiness_controller() {
+    let api = ApiServer::start();
+    // Registered with the agent's startup taint (left from a previous setup) and the taint a
+    // NodeReadinessRule would own.
+    api.create_node(
+        "db-11",
+        json!({}),
+        json!([{"key": TAINT, "effect": "NoSchedule"},
+               {"key": READINESS_TAINT, "effect": "NoSchedule"}]),
+    );
+    let kc = api.agent_kubeconfig("db-11", false);
+    let t = Tree::untuned();
+    t.break_knob(OVERCOMMIT, "0\n");
+    let d = Daemon::start_kube(
+        &t,
+        &kc,
+        "db-11",
+        &["--condition-type", QUALIFIED, "--taint-effect", "none"],
+    );
+
+    // Not tuned: the qualified condition False; the agent's taint removed all the same (with
+    // `none` it is never held); the controller's taint and no label.
+    assert!(
+        wait_for(SECONDS, || {
+            let n = api.node("db-11");
+            condition(&n, QUALIFIED).is_some_and(|c| c["status"] == "False")
+                && !taint_keys(&n).contains(&TAINT.to_string())
+        }),
+        "{:#}\n{}",
+        api.node("db-11"),
+        d.logs()
+    );
+    let n = api.node("db-11");
+    assert_eq!(
+        condition(&n, QUALIFIED).map(|c| c["reason"].clone()),
+        Some(json!("CorrectionFailed")),
+        "{n:#}"
+    );
+    assert_eq!(label(&n, LABEL), None, "{n:#}");
+    assert_taints_are_theirs_only(&n);
+
+    // Tuned: condition True, label set; still no taint of the agent's, the controller's kept.
+    t.fix_knob(OVERCOMMIT, "0\n");
+    assert!(
+        wait_for(SECONDS, || condition(&api.node("db-11"), QUALIFIED)
+            .is_some_and(|c| c["status"] == "True")),
+        "{:#}\n{}",
+        api.node("db-11"),
+        d.logs()
+    );
+    assert_eq!(t.get(OVERCOMMIT), "1\n");
+    let n = api.node("db-11");
+    assert_eq!(
+        condition(&n, QUALIFIED).map(|c| c["reason"].clone()),
+        Some(json!("AllSettingsInSync"))
+    );
+    assert_eq!(label(&n, LABEL).as_deref(), Some("true"), "{n:#}");
+    assert_taints_are_theirs_only(&n);
+    // Only the configured type is written: never RedisKernelTuned.
+    assert_eq!(condition_types(&n), ["Ready", QUALIFIED], "{n:#}");
+
+    // Drift back: False again, and the taint is still never added.
+    t.break_knob(THP_DEFRAG, "[always] defer never\n");
+    assert!(
+        wait_for(SECONDS, || condition(&api.node("db-11"), QUALIFIED)
+            .is_some_and(|c| c["status"] == "False")),
+        "{:#}\n{}",
+        api.node("db-11"),
+        d.logs()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let n = api.node("db-11");
+    assert_taints_are_theirs_only(&n);
+    assert_eq!(condition_types(&n), ["Ready", QUALIFIED], "{n:#}");
+
+    // SIGTERM: Unknown / AgentStopped on the qualified type.
+    let (code, out) = d.sigterm();
+    assert_eq!(code, 0, "{out}");
+    let n = api.node("db-11");
+    assert_eq!(
+        condition(&n, QUALIFIED).map(|c| (c["status"].clone(), c["reason"].clone())),
+        Some((json!("Unknown"), json!("AgentStopped"))),
+        "{n:#}"
+    );
+    assert_eq!(condition_types(&n), ["Ready", QUALIFIED], "{n:#}");
+
+    let cleanup = |extra: &[&str]| {
+        let kc = kc.to_string_lossy();
+        let mut args = vec!["cleanup", "--node-name", "db-11", "--kubeconfig", &kc];
+        args.extend_from_slice(extra);
+        t.run(&args)
+    };
+    // `cleanup` removes the type it is given: without the flag, RedisKernelTuned (absent).
+    let out = cleanup(&[]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        condition(&api.node("db-11"), QUALIFIED).is_some(),
+        "{:#}",
+        api.node("db-11")
+    );
+    let out = cleanup(&["--condition-type", QUALIFIED]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains(QUALIFIED), "{out:?}");
+    let n = api.node("db-11");
+    assert_eq!(condition_types(&n), ["Ready"], "{n:#}");
+    assert_eq!(label(&n, LABEL), None, "{n:#}");
+    assert_taints_are_theirs_only(&n);
+    assert!(!n.to_string().contains("redis-node-tuner.io"), "{n:#}");
+}
+
+#[test]
+fn a_bad_condition_type_exits_2_naming_it_before_anything_is_written() {
+    let api = ApiServer::start();
+    api.create_node("db-12", json!({}), startup_taint());
+    let kc = api.agent_kubeconfig("db-12", false);
+    let kc = kc.to_string_lossy();
+    let t = Tree::untuned();
+    let knobs = [OVERCOMMIT, SOMAXCONN, THP_ENABLED, THP_DEFRAG, THP_2M];
+    let values = || knobs.map(|k| t.get(k));
+    let before_knobs = values();
+    let state = || {
+        std::fs::read_dir(t.state_dir())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let before_state = state();
+    let before = api.node("db-12");
+    let cases: [(&str, &[&str], Option<&str>); 5] = [
+        (
+            "Kernel Tuned",
+            &["run", "--node-name", "db-12", "--kubeconfig", &kc],
+            None,
+        ),
+        (
+            "redis-node-tuner.io/",
+            &["run", "--node-name", "db-12", "--kubeconfig", &kc],
+            None,
+        ),
+        (
+            "Redis.IO/KernelTuned",
+            &["cleanup", "--node-name", "db-12", "--kubeconfig", &kc],
+            None,
+        ),
+        ("a/b/c", &["apply"], None),
+        // From the environment too.
+        (
+            "-KernelTuned",
+            &["run", "--node-name", "db-12", "--kubeconfig", &kc],
+            Some("REDIS_NODE_TUNER_CONDITION_TYPE"),
+        ),
+    ];
+    for (bad, args, env) in cases {
+        let mut cmd = match env {
+            Some(var) => {
+                let mut c = t.cmd(args);
+                c.env(var, bad);
+                c
+            }
+            None => {
+                let mut a = args.to_vec();
+                a.extend(["--condition-type", bad]);
+                t.cmd(&a)
+            }
+        };
+        let out = Out::of(cmd.output().expect("spawn"));
+        assert_eq!(out.code, 2, "{bad:?} {args:?}: {out:?}");
+        assert!(
+            out.stderr.contains("--condition-type") && out.stderr.contains(&format!("'{bad}'")),
+            "{bad:?}: the message names neither the flag nor the value: {out:?}"
+        );
+    }
+    // Nothing written: no knob, no journal, no Node change.
+    assert_eq!(values(), before_knobs);
+    assert_eq!(state(), before_state, "state dir written");
+    let after = api.node("db-12");
+    assert_eq!(
+        after["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"],
+        "{after:#}"
+    );
+}

@@ -74,7 +74,12 @@ const TREE: [&str; 9] = [
 ];
 
 /// Every problem of one file's text.
-fn problems(rel: &str, text: &str, readme: &BTreeSet<String>, own: &BTreeSet<String>) -> Vec<String> {
+fn problems(
+    rel: &str,
+    text: &str,
+    readme: &BTreeSet<String>,
+    own: &BTreeSet<String>,
+) -> Vec<String> {
     let mut out = vec![];
     for (n, line) in text.lines().enumerate() {
         let at = |what: String| format!("{rel}:{}: {what}", n + 1);
@@ -94,7 +99,9 @@ fn problems(rel: &str, text: &str, readme: &BTreeSet<String>, own: &BTreeSet<Str
                     // quickstart" for "Bare-metal quickstart (systemd)").
                     let s = slug(name);
                     if name.starts_with(char::is_alphanumeric)
-                        && !readme.iter().any(|a| a == &s || a.starts_with(&format!("{s}-")))
+                        && !readme
+                            .iter()
+                            .any(|a| a == &s || a.starts_with(&format!("{s}-")))
                     {
                         out.push(at(format!("README section {name:?} does not exist")));
                     }
@@ -125,9 +132,7 @@ fn problems(rel: &str, text: &str, readme: &BTreeSet<String>, own: &BTreeSet<Str
         {
             continue;
         }
-        for tok in line.split(|c: char| {
-            c.is_whitespace() || "`()[]{},;:\"'<>|=".contains(c)
-        }) {
+        for tok in line.split(|c: char| c.is_whitespace() || "`()[]{},;:\"'<>|=".contains(c)) {
             let tok = tok.trim_end_matches(['.', '/']);
             if !TREE.iter().any(|p| tok.starts_with(p))
                 || tok.contains(['*', '$', '%', '\\', '…'])
@@ -150,7 +155,10 @@ fn problems(rel: &str, text: &str, readme: &BTreeSet<String>, own: &BTreeSet<Str
 #[test]
 fn every_reference_to_a_readme_section_anchor_or_path_exists() {
     let readme = anchors(&std::fs::read_to_string(repo().join("README.md")).expect("README"));
-    assert!(readme.contains("writer-watch") && readme.contains("tests"), "{readme:?}");
+    assert!(
+        readme.contains("writer-watch") && readme.contains("tests"),
+        "{readme:?}"
+    );
     let mut all = vec![];
     for f in files() {
         let Ok(text) = std::fs::read_to_string(&f) else {
@@ -178,7 +186,10 @@ fn every_reference_to_a_readme_section_anchor_or_path_exists() {
 #[test]
 fn a_dangling_section_anchor_or_path_is_named_with_its_line() {
     let readme = anchors("# Tool\n## Writer watch\n### Every Redis start gated: `wait`\n");
-    assert!(readme.contains("every-redis-start-gated-wait"), "{readme:?}");
+    assert!(
+        readme.contains("every-redis-start-gated-wait"),
+        "{readme:?}"
+    );
     let text = "ok: README \"Writer watch\" and README, \"Every Redis start gated: wait\"\n\
                 bad: README \"Fleet scale\"\n\
                 see [x](#writer-watch) and [y](#nowhere)\n\

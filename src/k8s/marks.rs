@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{Node, NodeCondition, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use super::{CONDITION, LABEL, TAINT_KEY};
+use super::{ConditionType, LABEL, TAINT_KEY};
 use crate::agent::Report;
 use crate::profile::Mode;
 
@@ -134,12 +134,12 @@ pub fn desired_marks(report: &Report) -> Marks {
     }
 }
 
-/// The agent's condition on a node, if any.
-pub fn our_condition(node: &Node) -> Option<&NodeCondition> {
+/// The agent's condition (of type `type_`) on a node, if any.
+pub fn our_condition<'a>(node: &'a Node, type_: &ConditionType) -> Option<&'a NodeCondition> {
     node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == CONDITION))
+        .and_then(|c| c.iter().find(|c| c.type_ == type_.as_str()))
 }
 
 /// Whether the node's label matches `want` (`true` present, or absent altogether).
@@ -248,9 +248,10 @@ impl Heartbeat {
     }
 }
 
-/// The condition to write, or `None` when the node already shows it and no heartbeat is due.
-/// `lastTransitionTime` is kept unless the status changes.
+/// The condition (of type `type_`) to write, or `None` when the node already shows it and no
+/// heartbeat is due. `lastTransitionTime` is kept unless the status changes.
 pub fn condition_update(
+    type_: &ConditionType,
     existing: Option<&NodeCondition>,
     status: &str,
     reason: Reason,
@@ -277,7 +278,7 @@ pub fn condition_update(
         _ => Time(now),
     };
     Some(NodeCondition {
-        type_: CONDITION.into(),
+        type_: type_.to_string(),
         status: status.into(),
         reason: Some(reason.as_str().into()),
         message: Some(truncate(message, MESSAGE_MAX).into()),
@@ -457,15 +458,17 @@ pub(crate) mod tests {
             phase_ms: 0,
         };
         let failed = Reason::CorrectionFailed;
-        let first = condition_update(None, "False", failed, "m", t0, hb)
+        let ty = &ConditionType::default();
+        let first = condition_update(ty, None, "False", failed, "m", t0, hb)
             .unwrap_or_else(|| panic!("first write"));
         assert_eq!(first.last_transition_time, Some(Time(t0)));
+        assert_eq!(first.type_, "RedisKernelTuned");
         let t1 = t0 + Duration::from_secs(10);
         assert_eq!(
-            condition_update(Some(&first), "False", failed, "m", t1, hb),
+            condition_update(ty, Some(&first), "False", failed, "m", t1, hb),
             None
         );
-        let msg = condition_update(Some(&first), "False", failed, "m2", t1, hb)
+        let msg = condition_update(ty, Some(&first), "False", failed, "m2", t1, hb)
             .unwrap_or_else(|| panic!("message change"));
         assert_eq!(
             msg.last_transition_time,
@@ -473,6 +476,7 @@ pub(crate) mod tests {
             "same status keeps transition time"
         );
         let flip = condition_update(
+            ty,
             Some(&first),
             "True",
             Reason::AllSettingsInSync,
@@ -483,7 +487,7 @@ pub(crate) mod tests {
         .unwrap_or_else(|| panic!("flip"));
         assert_eq!(flip.last_transition_time, Some(Time(t1)));
         let t2 = t0 + Duration::from_secs(301);
-        let beat = condition_update(Some(&first), "False", failed, "m", t2, hb)
+        let beat = condition_update(ty, Some(&first), "False", failed, "m", t2, hb)
             .unwrap_or_else(|| panic!("heartbeat"));
         assert_eq!(
             (beat.last_heartbeat_time, beat.last_transition_time),

@@ -3,6 +3,7 @@
 //! API failures never stop enforcement.
 //!
 //! - [`marks`]: pure: the label, taint and condition a report asks for;
+//! - [`condition_type`]: the condition's type (`--condition-type`), validated;
 //! - [`node_api`]: the requests (timeouts, field manager, counting, taint compare-and-swap);
 //! - [`events`]: Kubernetes events and their bounded queue;
 //! - [`host_network`]: facts from the agent's own Pod (host networking, own-taint toleration);
@@ -10,6 +11,7 @@
 //! - [`reach`]: whether the API answers (one warning per outage, a gauge and a counter);
 //! - this file: options, the client, the task that drives the gate, and `cleanup`.
 
+pub mod condition_type;
 pub mod events;
 pub mod gate;
 pub mod host_network;
@@ -31,6 +33,7 @@ use tokio::sync::{mpsc, watch};
 use crate::agent::{Event, PassClock, Report};
 use crate::backoff::{Backoff, jittered, unit_random};
 use crate::metrics::Metrics;
+pub use condition_type::ConditionType;
 use gate::{Gate, RETRY_MAX, RETRY_START};
 use host_network::PodFacts;
 use marks::our_condition;
@@ -41,8 +44,8 @@ use reach::Reach;
 pub const LABEL: &str = "redis-node-tuner.io/ready";
 /// The taint held while the node is not Redis-ready.
 pub const TAINT_KEY: &str = "redis-node-tuner.io/not-ready";
-/// The node condition type.
-pub const CONDITION: &str = "RedisKernelTuned";
+/// The default node condition type (`--condition-type` changes it).
+pub const CONDITION: &str = condition_type::DEFAULT;
 /// Field manager of every write.
 pub const MANAGER: &str = "redis-node-tuner";
 
@@ -104,6 +107,8 @@ impl GateError {
 #[derive(Debug, Clone)]
 pub struct GateOptions {
     pub node_name: String,
+    /// The type of the agent's node condition.
+    pub condition_type: ConditionType,
     /// `None`: the taint is off.
     pub taint_effect: Option<String>,
     pub heartbeat: Duration,
@@ -548,10 +553,12 @@ async fn watch_node(
     }
 }
 
-/// Removes every mark of the agent from a node: label, taint (any effect), condition.
+/// Removes every mark of the agent from a node: label, taint (any effect), condition (of type
+/// `condition_type`).
 pub async fn cleanup(
     kubeconfig: Option<&std::path::Path>,
     node_name: &str,
+    condition_type: &ConditionType,
     request_timeout: Duration,
     metrics: Arc<Metrics>,
 ) -> Result<(), GateError> {
@@ -567,8 +574,8 @@ pub async fn cleanup(
         api.remove_label().await?;
     }
     api.set_taint(None, None).await?;
-    if our_condition(&node).is_some() {
-        api.delete_condition().await?;
+    if our_condition(&node, condition_type).is_some() {
+        api.delete_condition(condition_type).await?;
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use kube::runtime::events::{Event as KEvent, Recorder, Reporter};
 use serde_json::json;
 
 use super::marks::{taints, taints_with};
-use super::{CONDITION, GateError, LABEL, MANAGER};
+use super::{ConditionType, GateError, LABEL, MANAGER};
 use crate::metrics::{Metrics, RequestLabels};
 
 /// Attempts of the taint read-modify-write before giving up (each conflict re-reads the node).
@@ -38,8 +38,8 @@ pub trait NodeApi {
     ) -> Result<Node, GateError>;
     /// Strategic merge of our condition on `nodes/status` (other conditions untouched).
     async fn patch_condition(&self, c: &NodeCondition) -> Result<Node, GateError>;
-    /// Removes our condition.
-    async fn delete_condition(&self) -> Result<Node, GateError>;
+    /// Removes our condition (of type `type_`).
+    async fn delete_condition(&self, type_: &ConditionType) -> Result<Node, GateError>;
     /// Publishes an event about the Node.
     async fn publish(&self, e: &KEvent, node_uid: Option<&str>) -> Result<(), GateError>;
     /// GET of a Pod.
@@ -245,9 +245,9 @@ impl NodeApi for KubeNodeApi {
         .await
     }
 
-    async fn delete_condition(&self) -> Result<Node, GateError> {
+    async fn delete_condition(&self, type_: &ConditionType) -> Result<Node, GateError> {
         let patch = Patch::Strategic(
-            json!({"status": {"conditions": [{"type": CONDITION, "$patch": "delete"}]}}),
+            json!({"status": {"conditions": [{"type": type_.as_str(), "$patch": "delete"}]}}),
         );
         self.call(
             "patch_status",

@@ -140,8 +140,10 @@ impl<A: NodeApi> Gate<A> {
         let (Some(why), Some(node)) = (self.pod_unreadable.clone(), self.node.as_ref()) else {
             return;
         };
+        let type_ = &self.opts.condition_type;
         if let Some(c) = condition_update(
-            our_condition(node),
+            type_,
+            our_condition(node, type_),
             "Unknown",
             Reason::PodUnreadable,
             &why,
@@ -225,7 +227,7 @@ impl<A: NodeApi> Gate<A> {
         let last = self
             .node
             .as_ref()
-            .and_then(our_condition)
+            .and_then(|n| our_condition(n, &self.opts.condition_type))
             .and_then(|c| c.last_heartbeat_time.as_ref())
             .map(|t| t.0);
         let wait = match last {
@@ -246,8 +248,10 @@ impl<A: NodeApi> Gate<A> {
     /// Graceful stop: the condition says Unknown / AgentStopped; label and taint stay, so a
     /// rolling update does not flap scheduling. One attempt, bounded by the request timeout.
     pub async fn on_stop(&mut self) {
+        let type_ = &self.opts.condition_type;
         let stopped = condition_update(
-            self.node.as_ref().and_then(our_condition),
+            type_,
+            self.node.as_ref().and_then(|n| our_condition(n, type_)),
             "Unknown",
             Reason::AgentStopped,
             "redis-node-tuner stopped; kernel settings, label and taint are left as they were",
@@ -342,7 +346,8 @@ impl<A: NodeApi> Gate<A> {
             // The last report is stale: label and taint stay as they are (as on a stop), the
             // condition says why nothing is known.
             if let Some(cond) = condition_update(
-                our_condition(&node),
+                &self.opts.condition_type,
+                our_condition(&node, &self.opts.condition_type),
                 "Unknown",
                 Reason::EnforceStalled,
                 &format!(
@@ -385,8 +390,10 @@ impl<A: NodeApi> Gate<A> {
         {
             self.node = Some(self.api.set_taint(Some(n), ours).await?);
         }
+        let type_ = &self.opts.condition_type;
         if let Some(c) = condition_update(
-            self.node.as_ref().and_then(our_condition),
+            type_,
+            self.node.as_ref().and_then(|n| our_condition(n, type_)),
             want.status,
             want.reason,
             &want.message,

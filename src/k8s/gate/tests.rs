@@ -9,7 +9,7 @@ use kube::runtime::events::Event as KEvent;
 use super::*;
 use crate::agent::FailureKind;
 use crate::k8s::marks::tests::{knob, report};
-use crate::k8s::{CONDITION, TAINT_KEY};
+use crate::k8s::{CONDITION, ConditionType, TAINT_KEY};
 use crate::profile::Mode;
 
 /// What the fake does with the next request.
@@ -146,8 +146,14 @@ impl NodeApi for Fake {
         Ok(self.bump())
     }
     async fn patch_condition(&self, c: &NodeCondition) -> Result<Node, GateError> {
+        // The default type is left out of the line, so the exact sequences stay short.
+        let kind = if c.type_ == CONDITION {
+            String::new()
+        } else {
+            format!("{} ", c.type_)
+        };
         self.request(format!(
-            "condition {}/{}",
+            "condition {kind}{}/{}",
             c.status,
             c.reason.as_deref().unwrap_or_default()
         ))?;
@@ -158,13 +164,13 @@ impl NodeApi for Fake {
                 .get_or_insert_default()
                 .conditions
                 .get_or_insert_default();
-            conds.retain(|x| x.type_ != CONDITION);
+            conds.retain(|x| x.type_ != c.type_);
             conds.push(c.clone());
         }
         Ok(self.bump())
     }
-    async fn delete_condition(&self) -> Result<Node, GateError> {
-        self.request("delete condition".into())?;
+    async fn delete_condition(&self, type_: &ConditionType) -> Result<Node, GateError> {
+        self.request(format!("delete condition {type_}"))?;
         Ok(self.bump())
     }
     async fn publish(&self, e: &KEvent, _: Option<&str>) -> Result<(), GateError> {
@@ -179,6 +185,7 @@ impl NodeApi for Fake {
 fn opts() -> GateOptions {
     GateOptions {
         node_name: "n1".into(),
+        condition_type: ConditionType::default(),
         taint_effect: Some("NoSchedule".into()),
         heartbeat: Duration::from_secs(300),
         pod: None,
@@ -242,6 +249,61 @@ async fn started(fake: Fake, r: Arc<Report>) -> (Gate<Fake>, Instant) {
     let node = g.api.node.borrow().clone();
     g.on_node(Some(node), t0).await;
     (g, t0)
+}
+
+/// The node's condition types, in order.
+fn condition_types(g: &Gate<Fake>) -> Vec<String> {
+    g.api
+        .node
+        .borrow()
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .map(|c| c.iter().map(|c| c.type_.clone()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_configured_condition_type_with_the_taint_off_is_the_only_mark_but_the_label() {
+    // `--condition-type redis-node-tuner.io/KernelTuned --taint-effect none` (for
+    // node-readiness-controller): a registered taint of ours is removed, none is ever added,
+    // and only the configured condition is written, never RedisKernelTuned.
+    let qualified: ConditionType = "redis-node-tuner.io/KernelTuned"
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let o = GateOptions {
+        condition_type: qualified.clone(),
+        taint_effect: None,
+        ..opts()
+    };
+    let t0 = Instant::now();
+    let mut g = Gate::new(Fake::with_node(vec![ours("NoSchedule")]), o, t0);
+    g.on_report(untuned(), t0).await;
+    let node = g.api.node.borrow().clone();
+    g.on_node(Some(node), t0).await;
+    assert_eq!(
+        g.api.take_log(),
+        [
+            "taints rv=1 []",
+            "condition redis-node-tuner.io/KernelTuned False/CorrectionFailed"
+        ]
+    );
+    g.on_report(tuned(), t0).await;
+    assert_eq!(
+        g.api.take_log(),
+        [
+            "apply label=true",
+            "condition redis-node-tuner.io/KernelTuned True/AllSettingsInSync",
+            "event NodeReady"
+        ]
+    );
+    assert_eq!(condition_types(&g), ["redis-node-tuner.io/KernelTuned"]);
+    g.on_stop().await;
+    assert_eq!(
+        g.api.take_log(),
+        ["condition redis-node-tuner.io/KernelTuned Unknown/AgentStopped"]
+    );
+    assert_eq!(condition_types(&g), ["redis-node-tuner.io/KernelTuned"]);
 }
 
 #[tokio::test]
@@ -630,7 +692,7 @@ async fn the_heartbeat_is_due_on_the_nodes_own_phase_not_an_interval_after_the_l
     let last = g
         .node
         .as_ref()
-        .and_then(our_condition)
+        .and_then(|n| our_condition(n, &ConditionType::default()))
         .and_then(|c| c.last_heartbeat_time.as_ref())
         .map(|t| t.0)
         .unwrap_or_default();
