@@ -71,6 +71,17 @@ pub fn event_for(e: &Event) -> KEvent {
             "LockActive",
             "writers: lock is in force: writes that would leave the profile are refused".into(),
         ),
+        Event::RedisViewOutOfSync {
+            pid,
+            owner,
+            check,
+            detail,
+            ..
+        } => (
+            EventType::Warning,
+            "RedisViewOutOfSync",
+            format!("Redis process {pid} ({owner}) sees {check} out of sync: {detail}"),
+        ),
     };
     KEvent {
         type_,

@@ -19,6 +19,8 @@ mod thp;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -171,6 +173,19 @@ impl Scan {
             .flat_map(|p| p.out_of_sync().map(|c| (p.owner_label.clone(), c)))
             .collect()
     }
+
+    /// `<owner> <check>: <why>` of every check out of sync: what holds readiness with
+    /// `redis_processes.gate: true`.
+    pub fn gate_lines(&self) -> Vec<String> {
+        self.processes
+            .iter()
+            .flat_map(|p| {
+                p.out_of_sync().map(move |c| {
+                    format!("{} {c}: {}", p.owner_label, p.why(c).unwrap_or_default())
+                })
+            })
+            .collect()
+    }
 }
 
 /// Where and what to scan.
@@ -182,6 +197,10 @@ pub struct ScanOptions {
     pub sys_root: PathBuf,
     pub pod_logs_dir: PathBuf,
     pub redis: RedisProcesses,
+    /// The host's network namespace inode as the agent proved it (0: not proven), used when
+    /// `<proc>/1/ns/net` cannot be read: [`crate::kernel::HostFs::net_ns_ino`] at start, set
+    /// again by `run` once its Pod shows `hostNetwork: true`.
+    pub host_netns: Arc<AtomicU64>,
 }
 
 /// The procfs whose pid directories are scanned: `--proc-root` when it has them, else the
@@ -232,7 +251,11 @@ impl Scanner {
         self.pods.rescan();
         let overcommit = read_i64(&self.opts.proc_root.join("sys/vm/overcommit_memory"));
         let host_thp = HostThp::read(&self.opts.sys_root);
-        let host_ns = ns_id(&self.root.join("1/ns/net")).ok();
+        let proven = self.opts.host_netns.load(Ordering::Relaxed);
+        let host_ns = ns_id(&self.root.join("1/ns/net"))
+            .ok()
+            .map(|id| id.1)
+            .or((proven != 0).then_some(proven));
         let mut facts: HashMap<NsId, NsFacts> = HashMap::new();
         let mut processes = vec![];
         for pid in pids(&self.root) {
@@ -261,7 +284,7 @@ impl Scanner {
         pid: u32,
         dir: &Path,
         facts: &mut HashMap<NsId, NsFacts>,
-        (overcommit, host_thp, host_ns): (Result<&i64, &String>, &HostThp, Option<NsId>),
+        (overcommit, host_thp, host_ns): (Result<&i64, &String>, &HostThp, Option<u64>),
     ) -> Option<ProcessView> {
         let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
         let comm = comm.trim_end_matches('\n').to_string();
@@ -346,7 +369,7 @@ impl Scanner {
                 match &f.somaxconn {
                     Ok(v) => {
                         netns.somaxconn = Some(*v);
-                        netns.kind = if host_ns == Some(id) {
+                        netns.kind = if host_ns == Some(id.1) {
                             NetnsKind::HostNetwork
                         } else if Some(*v) == self.new_ns_somaxconn {
                             NetnsKind::KernelDefault
@@ -356,7 +379,7 @@ impl Scanner {
                     }
                     Err(e) => {
                         netns.error = Some(e.clone());
-                        if host_ns == Some(id) {
+                        if host_ns == Some(id.1) {
                             netns.kind = NetnsKind::HostNetwork;
                         }
                     }

@@ -76,6 +76,7 @@ impl Fake {
                 names: names.iter().map(|s| s.to_string()).collect(),
                 gate: false,
             },
+            host_netns: Default::default(),
         })
     }
 }
