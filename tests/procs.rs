@@ -303,3 +303,132 @@ fn a_host_network_redis_sees_the_hosts_somaxconn() {
     };
     assert_eq!(p["checks"]["backlog"], verdict, "{p:#}");
 }
+
+/// `run` on the host's real /proc and /sys, audit only (never writes a knob), no writer watch:
+/// killed on drop.
+struct Run {
+    child: Child,
+    addr: String,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Run {
+    fn start() -> Run {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cfg = dir.path().join("audit.yaml");
+        std::fs::write(&cfg, "mode: audit\n").expect("write");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let log = dir.path().join("agent.log");
+        let child = Command::new(BIN)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .args(["--config", &cfg.to_string_lossy(), "--state-dir"])
+            .arg(dir.path().join("state"))
+            .args([
+                "run",
+                "--listen",
+                &addr,
+                "--log-format",
+                "json",
+                "--writers",
+                "off",
+                "--no-kubernetes",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn run");
+        let r = Run {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        };
+        assert!(
+            wait_for(Duration::from_secs(20), || http_get(&r.addr, "/healthz")
+                .is_ok_and(|(c, _)| c == 200)),
+            "run did not serve /healthz:\n{}",
+            r.logs()
+        );
+        r
+    }
+
+    fn metrics(&self) -> String {
+        http_get(&self.addr, "/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn run_meters_each_redis_process_logs_it_out_of_sync_and_drops_its_series_when_it_goes() {
+    let ns = NetNs::new("run");
+    ns.set_somaxconn(128);
+    let redis = Redis::start(Some(&ns), 6392, &["--set-proc-title", "no"]);
+    let owner = format!("pid:{}", redis.pid());
+    let run = Run::start();
+    let in_sync = |check: &str| {
+        format!("redis_node_tuner_redis_process_in_sync{{owner=\"{owner}\",check=\"{check}\"}}")
+    };
+    let backlog = format!("redis_node_tuner_redis_process_listen_backlog{{owner=\"{owner}\"}}");
+    assert!(
+        wait_for(Duration::from_secs(15), || has_line(
+            &run.metrics(),
+            &format!("{backlog} 128")
+        )),
+        "{}\n{}",
+        run.metrics(),
+        run.logs()
+    );
+    let m = run.metrics();
+    for (check, v) in [("backlog", 0), ("somaxconn", 0)] {
+        assert!(
+            has_line(&m, &format!("{} {v}", in_sync(check))),
+            "{check}: {m}"
+        );
+    }
+    assert!(
+        has_line(
+            &m,
+            &format!("redis_node_tuner_redis_process_somaxconn{{owner=\"{owner}\"}} 128")
+        ),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "redis_node_tuner_redis_processes ") >= 1.0,
+        "{m}"
+    );
+    // A warning per check out of sync, with the process, its owner and why.
+    let logs = run.logs();
+    let line = logs
+        .lines()
+        .find(|l| {
+            l.contains("redis process sees a setting out of sync")
+                && l.contains(&format!("\"pid\":{}", redis.pid()))
+                && l.contains("\"check\":\"backlog\"")
+        })
+        .unwrap_or_else(|| panic!("no warning for the backlog:\n{logs}"));
+    assert!(line.contains("\"level\":\"WARN\""), "{line}");
+    assert!(line.contains(&format!("\"owner\":\"{owner}\"")), "{line}");
+    assert!(line.contains("below tcp-backlog 511"), "{line}");
+    // Audit only: the node's readiness is the knobs' (no gate), whatever the process sees.
+    // The process goes away: its series follow within a scan (at most every 10 s).
+    drop(redis);
+    assert!(
+        wait_for(Duration::from_secs(25), || !run.metrics().contains(&owner)),
+        "series of {owner} still there:\n{}",
+        run.metrics()
+    );
+}

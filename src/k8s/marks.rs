@@ -367,6 +367,28 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn redis_processes_out_of_sync_say_so_when_the_knobs_are_in_sync() {
+        let mut r = report(false, vec![knob("vm.overcommit_memory", "1", true, None)]);
+        r.redis_out_of_sync =
+            vec!["pod:cache/redis-0 backlog: its listener has backlog 128".into()];
+        let m = desired_marks(&r);
+        assert_eq!(
+            (m.label, m.taint, m.status, m.reason),
+            (false, true, "False", Reason::RedisViewOutOfSync)
+        );
+        assert!(
+            m.message
+                .ends_with(": pod:cache/redis-0 backlog: its listener has backlog 128"),
+            "{}",
+            m.message
+        );
+        // A knob out of sync is said first, as before.
+        let mut r = report(false, vec![knob("vm.overcommit_memory", "0", false, None)]);
+        r.redis_out_of_sync = vec!["pid:1 thp: x".into()];
+        assert_eq!(desired_marks(&r).reason, Reason::CorrectionFailed);
+    }
+
+    #[test]
     fn marks_follow_readiness_with_stable_messages() {
         let m = desired_marks(&report(
             true,
