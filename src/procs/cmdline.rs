@@ -27,17 +27,11 @@ pub struct Cmdline {
 impl Cmdline {
     pub fn parse(raw: &[u8]) -> Cmdline {
         let text = String::from_utf8_lossy(raw);
-        let args: Vec<String> = text
-            .split('\0')
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .skip_while(|a| a.is_empty())
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
+        let mut args: Vec<String> = text.split('\0').map(str::to_string).collect();
+        // Each argument ends with a NUL; a process title is padded with more of them.
+        while args.last().is_some_and(|a| a.is_empty()) {
+            args.pop();
+        }
         let retitled = args.len() == 1 && args[0].contains(' ');
         Cmdline { args, retitled }
     }
