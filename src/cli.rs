@@ -55,6 +55,15 @@ pub struct Cli {
         default_value = "/sys"
     )]
     pub sys_root: PathBuf,
+    /// The kubelet's pod log directory (`<ns>_<name>_<uid>/` per pod): names the pod of a Redis
+    /// process, node-locally.
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_NODE_TUNER_POD_LOGS_DIR",
+        default_value = crate::procs::DEFAULT_POD_LOGS_DIR
+    )]
+    pub pod_logs_dir: PathBuf,
     /// Directory of the originals journal.
     #[arg(
         long,
@@ -410,12 +419,22 @@ pub fn run_cli(cli: Cli) -> Exit {
         }
     };
     let fs = HostFs::new(&cli.proc_root, &cli.sys_root);
+    let redis = crate::procs::ScanOptions {
+        proc_root: cli.proc_root.clone(),
+        sys_root: cli.sys_root.clone(),
+        pod_logs_dir: cli.pod_logs_dir.clone(),
+        redis: profile.redis_processes.clone(),
+        host_netns: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(
+            fs.net_ns_ino().unwrap_or(0),
+        )),
+    };
     match &cli.command {
         Command::Check { output } => check(
             Agent::new(fs, &profile, JournalSlot::None),
             *output,
             &cli.state_dir,
             journal::boot_id(&cli.proc_root),
+            crate::procs::Scanner::new(redis),
         ),
         Command::Apply { dry_run: true } => dry_run(Agent::new(fs, &profile, JournalSlot::None)),
         Command::Apply { dry_run: false } => match Journal::load(&cli.state_dir) {
@@ -466,7 +485,7 @@ pub fn run_cli(cli: Cli) -> Exit {
                         Agent::new(fs, &profile, JournalSlot::Broken(e.to_string())),
                         listen,
                         kube,
-                        (watch, stall),
+                        (watch, redis, stall),
                     );
                 }
             };
@@ -481,7 +500,7 @@ pub fn run_cli(cli: Cli) -> Exit {
                 Agent::new(fs, &profile, journal),
                 listen,
                 kube,
-                (watch, stall),
+                (watch, redis, stall),
             )
         }
         Command::Cleanup => cleanup(&cli),
@@ -580,13 +599,23 @@ fn daemon(
     agent: Agent,
     listen: &str,
     kube: Option<KubeMode>,
-    (watch, stall): (WatchOptions, Option<std::time::Duration>),
+    (watch, redis, stall): (
+        WatchOptions,
+        crate::procs::ScanOptions,
+        Option<std::time::Duration>,
+    ),
 ) -> Exit {
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return e,
     };
-    match rt.block_on(crate::daemon::run(agent, listen, kube, watch, stall)) {
+    match rt.block_on(crate::daemon::run(
+        agent,
+        listen,
+        kube,
+        (watch, Some(redis)),
+        stall,
+    )) {
         Ok(()) => Exit::Ok,
         Err(e) => {
             eprintln!("error: {e}");

@@ -9,6 +9,7 @@ use crate::agent::{Agent, Event, Report};
 use crate::exit::{Exit, Output};
 use crate::journal::{self, Journal, JournalError};
 use crate::kernel::{HostFs, KnobFile};
+use crate::procs::{Scan, Scanner, Verdict};
 
 /// A journal that cannot be used by `apply`/`restore`/`run`: exit 6 when another process holds
 /// it, else 4.
@@ -37,30 +38,22 @@ pub(crate) fn print_table(report: &Report) {
             k.state.as_str().to_string(),
         ]);
     }
-    let mut width = [0usize; 5];
-    for r in &rows {
-        for (w, c) in width.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
     let mut out = std::io::stdout().lock();
-    for r in &rows {
-        let line = r
-            .iter()
-            .zip(width)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ");
-        let _ = writeln!(out, "{}", line.trim_end());
-    }
+    print_rows(&mut out, &rows);
     for k in &report.settings {
         if let Some(e) = &k.error {
             let _ = writeln!(out, "{e}");
         }
     }
     let failing = report.failing().count();
+    let redis = report.redis_out_of_sync.len();
     let _ = if report.ready {
         writeln!(out, "node: ready")
+    } else if failing == 0 && redis > 0 {
+        writeln!(
+            out,
+            "node: not ready ({redis} Redis process check(s) out of sync, redis_processes.gate: true)"
+        )
     } else {
         writeln!(
             out,
@@ -99,18 +92,128 @@ pub(crate) fn journal_json(
     j
 }
 
+/// Prints aligned rows (the first is the header), trailing spaces trimmed.
+fn print_rows<const N: usize>(out: &mut impl Write, rows: &[[String; N]]) {
+    let mut width = [0usize; N];
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    for r in rows {
+        let line = r
+            .iter()
+            .zip(width)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+/// `6144kB`, `?` when unreadable.
+fn kib(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "?".into(), |b| format!("{}kB", b / 1024))
+}
+
+/// The second table of `check`: each Redis process and the kernel as it sees it.
+pub(crate) fn print_processes(scan: &Scan, gate: bool) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Redis processes (under {}):", scan.proc_root.display());
+    if scan.processes.is_empty() {
+        let _ = writeln!(out, "none found");
+        return;
+    }
+    let mut rows = vec![[
+        "PID".to_string(),
+        "OWNER".into(),
+        "NETNS".into(),
+        "SOMAXCONN".into(),
+        "TCP-BACKLOG".into(),
+        "LISTEN-BACKLOG".into(),
+        "THP".into(),
+        "IN-SYNC".into(),
+        "WHY-NOT".into(),
+    ]];
+    for p in &scan.processes {
+        let listen = match (p.listen_backlog, p.checks.get("backlog")) {
+            (Some(b), _) => b.to_string(),
+            (None, Some(Verdict::NotApplicable)) => "none".into(),
+            _ => "?".into(),
+        };
+        rows.push([
+            p.pid.to_string(),
+            p.owner_label.clone(),
+            p.netns.kind.as_str().into(),
+            p.netns
+                .somaxconn
+                .map_or_else(|| "?".into(), |v| v.to_string()),
+            format!(
+                "{} ({})",
+                p.tcp_backlog.value,
+                p.tcp_backlog.source.as_str()
+            ),
+            listen,
+            format!(
+                "THP_enabled={} anon={}",
+                match p.thp.thp_enabled {
+                    Some(true) => "1",
+                    Some(false) => "0",
+                    None => "?",
+                },
+                kib(p.thp.anon_hugepages_bytes)
+            ),
+            match p.in_sync {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "unknown",
+            }
+            .into(),
+            p.why_not.join("; "),
+        ]);
+    }
+    print_rows(&mut out, &rows);
+    let n = scan
+        .processes
+        .iter()
+        .filter(|p| p.in_sync == Some(false))
+        .count();
+    if n > 0 {
+        let _ = writeln!(
+            out,
+            "redis processes: {n} out of sync ({})",
+            if gate {
+                "redis_processes.gate: true, the node is not ready"
+            } else {
+                "reported only: redis_processes.gate is false"
+            }
+        );
+    }
+}
+
 pub(crate) fn check(
     mut agent: Agent,
     output: Output,
     state_dir: &std::path::Path,
     boot_id: Option<String>,
+    mut scanner: Scanner,
 ) -> Exit {
+    let scan = scanner.scan();
+    let gate = scanner.gate();
+    if gate {
+        agent.set_redis_gate(scan.gate_lines());
+    }
     let report = agent.observe();
     match output {
-        Output::Text => print_table(&report),
+        Output::Text => {
+            print_table(&report);
+            print_processes(&scan, gate);
+        }
         Output::Json => {
             let rendered = serde_json::to_value(&report).and_then(|mut v| {
                 v["journal"] = journal_json(state_dir, boot_id.as_deref());
+                v["processes"] = serde_json::to_value(&scan.processes)?;
                 serde_json::to_string_pretty(&v)
             });
             match rendered {

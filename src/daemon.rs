@@ -79,6 +79,8 @@ pub enum Control {
     HostNetwork(String),
     /// A foreign write was seen: a pass now.
     Wake,
+    /// `redis_processes.gate: true`: the Redis processes out of sync now (a pass follows).
+    RedisGate(Vec<String>),
     Stop,
     /// Tests: the enforce thread panics, as a bug in a pass would.
     #[cfg(test)]
@@ -192,6 +194,10 @@ fn enforce_loop(
                     next = Instant::now();
                 }
                 Ok(Control::Wake) => next = Instant::now(),
+                Ok(Control::RedisGate(out)) => {
+                    agent.set_redis_gate(out);
+                    next = Instant::now();
+                }
                 #[cfg(test)]
                 Ok(Control::Panic) => panic!("enforce bug (test)"),
                 Ok(Control::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
@@ -300,8 +306,90 @@ impl Enforcer {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT: binds `listen` (empty: no HTTP), starts the gate in
-/// Kubernetes mode, and supervises.
+/// Redis processes are scanned at most this often (they come and go; a scan reads every
+/// process's `comm`).
+pub const REDIS_SCAN_MIN: Duration = Duration::from_secs(10);
+
+/// The Redis-view thread: scans the Redis processes every `every`, meters them, logs and sends
+/// an event for each check that became out of sync, and (`gate: true`) tells the enforce thread
+/// which are, until `stop` is dropped. A thread of its own: a scan reads other processes'
+/// `/proc` files and enters their namespaces, which must never delay an enforce pass.
+struct RedisView {
+    scanner: crate::procs::Scanner,
+    every: Duration,
+    metrics: Arc<Metrics>,
+    events: Option<mpsc::Sender<Event>>,
+    ctl: std_mpsc::Sender<Control>,
+}
+
+impl RedisView {
+    fn spawn(self, stop: std_mpsc::Receiver<()>) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name("redis-view".into())
+            .spawn(move || self.run(stop))?;
+        Ok(())
+    }
+
+    fn run(mut self, stop: std_mpsc::Receiver<()>) {
+        let mut known: std::collections::HashSet<(String, &'static str)> = Default::default();
+        let mut gate_sent: Option<Vec<String>> = None;
+        let mut limit = crate::agent::EventLimit::default();
+        let mut said_none = false;
+        loop {
+            let scan = self.scanner.scan();
+            self.metrics.redis_view(&scan);
+            if scan.processes.is_empty() && !said_none {
+                tracing::info!(proc_root = %scan.proc_root.display(), "no Redis process found");
+                said_none = true;
+            } else if !scan.processes.is_empty() {
+                said_none = false;
+            }
+            let now: std::collections::HashSet<(String, &'static str)> =
+                scan.out_of_sync().into_iter().collect();
+            for p in &scan.processes {
+                for check in p.out_of_sync() {
+                    let key = (p.owner_label.clone(), check);
+                    if known.contains(&key) {
+                        continue;
+                    }
+                    let e = Event::RedisViewOutOfSync {
+                        key: format!("redis {} {check}", p.owner_label),
+                        pid: p.pid,
+                        owner: p.owner_label.clone(),
+                        check,
+                        detail: p.why(check).unwrap_or_default().to_string(),
+                    };
+                    if let Some(repeated) = limit.admit(&e, Instant::now()) {
+                        crate::agent::log_event(&e, repeated);
+                        if let Some(tx) = &self.events
+                            && tx.try_send(e).is_err()
+                        {
+                            self.metrics.events_dropped("reporter_behind", 1);
+                        }
+                    }
+                }
+            }
+            for (owner, check) in known.difference(&now) {
+                tracing::info!(owner = %owner, check, "redis process sees the setting in sync again (or went away)");
+            }
+            known = now;
+            if self.scanner.gate() {
+                let out = scan.gate_lines();
+                if gate_sent.as_ref() != Some(&out) {
+                    if self.ctl.send(Control::RedisGate(out.clone())).is_err() {
+                        return;
+                    }
+                    gate_sent = Some(out);
+                }
+            }
+            match stop.recv_timeout(self.every) {
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+        }
+    }
+}
+
 /// Binds `--listen`. `:PORT` is every address of the host: `[::]:PORT`, which also takes IPv4
 /// (the kernel's default `net.ipv6.bindv6only=0`), so one socket serves IPv4-only, dual-stack
 /// and IPv6-only networks; on a kernel without IPv6 (`ipv6.disable=1`) `0.0.0.0:PORT`.
@@ -323,11 +411,13 @@ pub async fn bind(listen: &str) -> std::io::Result<TcpListener> {
     }
 }
 
+/// Runs the daemon until SIGTERM or SIGINT: binds `listen` (empty: no HTTP), starts the gate in
+/// Kubernetes mode, scans the Redis processes (`redis`), and supervises.
 pub async fn run(
     mut agent: Agent,
     listen: &str,
     kube: Option<KubeMode>,
-    watch_opts: WatchOptions,
+    (watch_opts, redis): (WatchOptions, Option<crate::procs::ScanOptions>),
     stall_timeout: Option<Duration>,
 ) -> Result<(), DaemonError> {
     let clock = Arc::new(PassClock::new(
@@ -365,6 +455,7 @@ pub async fn run(
         gate_parts = Some((k, ev_rx));
     }
     let gate_inputs_reports = out.reports.subscribe();
+    let redis_events = out.events.clone();
     let interval = agent.interval();
     tracing::info!(
         interval_ms = interval.as_millis() as u64,
@@ -402,6 +493,19 @@ pub async fn run(
         started: status.clone(),
         status,
     };
+    // Dropped when `run` returns: the Redis-view thread ends with it.
+    let (_redis_stop, redis_stop_rx) = std_mpsc::channel::<()>();
+    let host_netns = redis.as_ref().map(|o| o.host_netns.clone());
+    if let Some(opts) = redis {
+        let view = RedisView {
+            scanner: crate::procs::Scanner::new(opts),
+            every: interval.max(REDIS_SCAN_MIN),
+            metrics: metrics.clone(),
+            events: redis_events,
+            ctl: ctl.clone(),
+        };
+        view.spawn(redis_stop_rx).map_err(DaemonError::Start)?;
+    }
     let mut enforcer = Enforcer::spawn(
         agent,
         metrics.clone(),
@@ -412,11 +516,20 @@ pub async fn run(
     .map_err(DaemonError::Start)?;
     let gate = gate_parts.map(|(k, events)| {
         let ctl = enforcer.ctl.clone();
+        let host_netns = host_netns.clone();
         let inputs = k8s::GateInputs {
             reports: gate_inputs_reports,
             events,
             stop: stop_rx.clone(),
             on_host_network: Some(Box::new(move |proof| {
+                // The agent's own namespace is the host's: Redis processes in it are on host
+                // networking.
+                if let (Some(h), Ok(m)) = (&host_netns, std::fs::metadata("/proc/self/ns/net")) {
+                    h.store(
+                        std::os::unix::fs::MetadataExt::ino(&m),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
+                }
                 let _ = ctl.send(Control::HostNetwork(proof));
             })),
             clock: Some(clock.clone()),

@@ -29,6 +29,7 @@ pub mod k8s;
 pub mod kernel;
 pub mod metrics;
 pub mod notify;
+pub mod procs;
 pub mod profile;
 pub mod reconcile;
 #[cfg(any(test, feature = "testing"))]

@@ -52,6 +52,19 @@ pub struct WatchLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OwnerLabel {
+    /// `pod:<ns>/<name>`, `unit:<name>.service` or `pid:<pid>`.
+    pub owner: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OwnerCheckLabels {
+    pub owner: String,
+    /// `overcommit`, `thp`, `somaxconn`, `backlog`.
+    pub check: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
 }
@@ -95,6 +108,13 @@ pub struct Metrics {
     pub kube_api_reachable: Family<Vec<(String, String)>, Gauge>,
     /// Outages of the Kubernetes API (Kubernetes mode).
     pub kube_api_outages: Counter,
+    redis_processes: Gauge,
+    redis_in_sync: Family<OwnerCheckLabels, Gauge>,
+    redis_listen_backlog: Family<OwnerLabel, Gauge>,
+    redis_somaxconn: Family<OwnerLabel, Gauge>,
+    redis_anon_hugepages: Family<OwnerLabel, Gauge>,
+    /// The owners of the last scan's series, to remove those of processes that went away.
+    redis_owners: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -141,6 +161,12 @@ impl Metrics {
             events_dropped: Family::default(),
             kube_api_reachable: Family::default(),
             kube_api_outages: Counter::default(),
+            redis_processes: Gauge::default(),
+            redis_in_sync: Family::default(),
+            redis_listen_backlog: Family::default(),
+            redis_somaxconn: Family::default(),
+            redis_anon_hugepages: Family::default(),
+            redis_owners: Default::default(),
             initialized: AtomicBool::new(false),
             registry: Registry::default(),
         };
@@ -244,6 +270,31 @@ impl Metrics {
             "Times the Kubernetes API became unreachable",
             m.kube_api_outages.clone(),
         );
+        registry.register(
+            "redis_processes",
+            "Redis processes found on the host by the last scan",
+            m.redis_processes.clone(),
+        );
+        registry.register(
+            "redis_process_in_sync",
+            "1 when a Redis process's own view of a setting (check: overcommit, thp, somaxconn, backlog) is in sync, 0 when not; absent while unknown or not applicable",
+            m.redis_in_sync.clone(),
+        );
+        registry.register(
+            "redis_process_listen_backlog",
+            "The smallest backlog the kernel gives a Redis process's TCP listeners (min(tcp-backlog, somaxconn at listen time))",
+            m.redis_listen_backlog.clone(),
+        );
+        registry.register(
+            "redis_process_somaxconn",
+            "net.core.somaxconn of a Redis process's network namespace",
+            m.redis_somaxconn.clone(),
+        );
+        registry.register(
+            "redis_process_anon_hugepages_bytes",
+            "AnonHugePages of a Redis process (smaps_rollup)",
+            m.redis_anon_hugepages.clone(),
+        );
         // A gauge rather than an OpenMetrics info: promtool's text parser rejects `info`.
         let build = Family::<VersionLabel, Gauge>::default();
         build
@@ -314,6 +365,73 @@ impl Metrics {
         self.writes_dropped.inc_by(dropped);
     }
 
+    /// Records a scan of Redis processes: a series per process and check, those of processes
+    /// that went away removed.
+    pub fn redis_view(&self, scan: &crate::procs::Scan) {
+        self.redis_processes.set(scan.processes.len() as i64);
+        let mut owners = self.redis_owners.lock().unwrap_or_else(|p| p.into_inner());
+        let now: std::collections::HashSet<String> = scan
+            .processes
+            .iter()
+            .map(|p| p.owner_label.clone())
+            .collect();
+        for gone in owners.difference(&now) {
+            let l = OwnerLabel {
+                owner: gone.clone(),
+            };
+            self.redis_listen_backlog.remove(&l);
+            self.redis_somaxconn.remove(&l);
+            self.redis_anon_hugepages.remove(&l);
+            for check in crate::procs::CHECKS {
+                self.redis_in_sync.remove(&OwnerCheckLabels {
+                    owner: gone.clone(),
+                    check,
+                });
+            }
+        }
+        use crate::procs::Verdict;
+        for p in &scan.processes {
+            let owner = p.owner_label.clone();
+            for (check, v) in &p.checks {
+                let l = OwnerCheckLabels {
+                    owner: owner.clone(),
+                    check,
+                };
+                match v {
+                    Verdict::InSync | Verdict::OutOfSync => {
+                        self.redis_in_sync
+                            .get_or_create(&l)
+                            .set(i64::from(*v == Verdict::InSync));
+                    }
+                    Verdict::Unknown | Verdict::NotApplicable => {
+                        self.redis_in_sync.remove(&l);
+                    }
+                }
+            }
+            let l = OwnerLabel { owner };
+            for (family, value) in [
+                (&self.redis_listen_backlog, p.listen_backlog.map(i64::from)),
+                (&self.redis_somaxconn, p.netns.somaxconn.map(i64::from)),
+                (
+                    &self.redis_anon_hugepages,
+                    p.thp
+                        .anon_hugepages_bytes
+                        .map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+                ),
+            ] {
+                match value {
+                    Some(v) => {
+                        family.get_or_create(&l).set(v);
+                    }
+                    None => {
+                        family.remove(&l);
+                    }
+                }
+            }
+        }
+        *owners = now;
+    }
+
     /// Records the duration of a pass whose report did not change.
     pub fn observe_duration(&self, took: Duration) {
         self.check_duration.observe(took.as_secs_f64());
@@ -380,7 +498,10 @@ impl Metrics {
                         })
                         .inc();
                 }
-                Event::ReadFailed { .. } | Event::Contested { .. } | Event::Lock { .. } => {}
+                Event::ReadFailed { .. }
+                | Event::Contested { .. }
+                | Event::Lock { .. }
+                | Event::RedisViewOutOfSync { .. } => {}
             }
         }
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use clock::{PassClock, STALL_INTERVALS, STALL_MIN, stall_bound};
-pub use report::{Event, EventLimit, Failure, FailureKind, KnobReport, Report};
+pub use report::{Event, EventLimit, Failure, FailureKind, KnobReport, Report, log_event};
 pub use writes::{LINES_PER_SECOND, Outcome, PENDING_GRACE};
 
 use crate::backoff::jittered;
@@ -23,8 +23,6 @@ use crate::journal::Journal;
 use crate::kernel::{ErrorKind, HostFs, KernelError, Reading};
 use crate::profile::{Mode, Profile};
 use crate::reconcile::{self, Action, Observed, State, StateKind, Target};
-
-use report::log_event;
 
 /// Longest wait between two correction attempts of a knob that keeps failing.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -76,6 +74,8 @@ pub struct Agent {
     lock_event: Option<Event>,
     /// The log lines of events, at most one of a kind per knob a second.
     log_limit: EventLimit,
+    /// `redis_processes.gate: true`: the Redis processes out of sync, which hold readiness.
+    redis_gate: Vec<String>,
 }
 
 /// The first wait after a failed correction, at most: with a long interval (the watchers do the
@@ -109,6 +109,7 @@ impl Agent {
             lock_missing: None,
             lock_event: None,
             log_limit: EventLimit::default(),
+            redis_gate: Vec::new(),
         }
     }
 
@@ -159,6 +160,15 @@ impl Agent {
                 reason: why.clone(),
             });
             self.lock_missing = why;
+            self.dirty = true;
+        }
+    }
+
+    /// `redis_processes.gate: true`: the Redis processes whose own view is out of sync (each
+    /// `<owner> <check>: <why>`); while any is, the report is not ready. From the next pass on.
+    pub fn set_redis_gate(&mut self, out_of_sync: Vec<String>) {
+        if out_of_sync != self.redis_gate {
+            self.redis_gate = out_of_sync;
             self.dirty = true;
         }
     }
@@ -339,12 +349,14 @@ impl Agent {
 
     fn report(&self, settings: Vec<KnobReport>) -> Report {
         Report {
-            ready: settings
-                .iter()
-                .all(|k| k.in_sync || k.mode != Mode::Enforce),
+            ready: self.redis_gate.is_empty()
+                && settings
+                    .iter()
+                    .all(|k| k.in_sync || k.mode != Mode::Enforce),
             netns: self.fs.netns().describe(),
             settings,
             lock_missing: self.lock_missing.clone(),
+            redis_out_of_sync: self.redis_gate.clone(),
         }
     }
 }

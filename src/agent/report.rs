@@ -95,6 +95,10 @@ pub struct Report {
     /// reason: `permission`, `load_failed`, `no_btf`, `detached`, `break_glass`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock_missing: Option<String>,
+    /// `redis_processes.gate: true` only: the Redis processes whose own view is out of sync
+    /// (`<owner> <check>: <why>`); any makes the node not ready.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redis_out_of_sync: Vec<String>,
 }
 
 impl Report {
@@ -152,6 +156,17 @@ pub enum Event {
     /// `writers: lock` is not in force (it could not load, was detached, or the break-glass
     /// file lifted it); `reason` is `None` when it is in force again.
     Lock { reason: Option<String> },
+    /// A Redis process's own view of a setting became out of sync (see [`crate::procs`]).
+    RedisViewOutOfSync {
+        /// `redis <owner> <check>`: the key of the rate limit and of the Kubernetes series.
+        key: String,
+        pid: u32,
+        /// `pod:<ns>/<name>`, `unit:<name>.service` or `pid:<pid>`.
+        owner: String,
+        /// `overcommit`, `thp`, `somaxconn` or `backlog`.
+        check: &'static str,
+        detail: String,
+    },
 }
 
 impl Event {
@@ -163,6 +178,7 @@ impl Event {
             | Event::ReadFailed { knob, .. }
             | Event::Contested { knob, .. } => knob,
             Event::Lock { .. } => "writers.lock",
+            Event::RedisViewOutOfSync { key, .. } => key,
         }
     }
 
@@ -174,6 +190,7 @@ impl Event {
             Event::CorrectionFailed { .. } | Event::ReadFailed { .. } => "CorrectionFailed",
             Event::Contested { .. } => "Contested",
             Event::Lock { .. } => "Lock",
+            Event::RedisViewOutOfSync { .. } => "RedisViewOutOfSync",
         }
     }
 }
@@ -221,7 +238,7 @@ impl EventLimit {
     }
 }
 
-pub(super) fn log_event(e: &Event, repeated: u64) {
+pub fn log_event(e: &Event, repeated: u64) {
     // The writer, when the writer watch named it, as one more field.
     macro_rules! with_writer {
         ($lvl:ident, $w:expr, $($rest:tt)*) => {
@@ -278,6 +295,20 @@ pub(super) fn log_event(e: &Event, repeated: u64) {
             "writers lock not in force: foreign writes are corrected, not refused"
         ),
         Event::Lock { reason: None } => tracing::info!("writers lock in force"),
+        Event::RedisViewOutOfSync {
+            pid,
+            owner,
+            check,
+            detail,
+            ..
+        } => tracing::warn!(
+            pid,
+            owner,
+            check,
+            detail,
+            repeated,
+            "redis process sees a setting out of sync"
+        ),
     }
 }
 

@@ -247,3 +247,22 @@ fn the_steady_state_reuses_the_report_until_a_byte_changes() {
     let (seventh, _) = a.reconcile(t0);
     assert!(!Arc::ptr_eq(&sixth, &seventh));
 }
+
+#[test]
+fn redis_processes_out_of_sync_hold_readiness_only_when_gated() {
+    let tree = FakeTree::untuned();
+    let state = tree.dir.path().join("state");
+    let mut a = agent(&tree, &Profile::default(), &state);
+    let (r, _) = a.reconcile(Instant::now());
+    assert!(r.ready && r.redis_out_of_sync.is_empty());
+    let why = "pod:cache/redis-0 backlog: its listener has backlog 128, below tcp-backlog 511";
+    a.set_redis_gate(vec![why.into()]);
+    let (r, events) = a.reconcile(Instant::now());
+    assert!(!r.ready, "the next pass is not ready: {r:#?}");
+    assert_eq!(r.failing().count(), 0, "every knob is in sync");
+    assert_eq!(r.redis_out_of_sync, [why]);
+    assert!(events.is_empty());
+    a.set_redis_gate(vec![]);
+    let (r, _) = a.reconcile(Instant::now());
+    assert!(r.ready);
+}

@@ -71,6 +71,17 @@ pub fn event_for(e: &Event) -> KEvent {
             "LockActive",
             "writers: lock is in force: writes that would leave the profile are refused".into(),
         ),
+        Event::RedisViewOutOfSync {
+            pid,
+            owner,
+            check,
+            detail,
+            ..
+        } => (
+            EventType::Warning,
+            "RedisViewOutOfSync",
+            format!("Redis process {pid} ({owner}) sees {check} out of sync: {detail}"),
+        ),
     };
     KEvent {
         type_,
@@ -333,6 +344,34 @@ mod tests {
         assert!(note.len() <= MESSAGE_MAX, "{}", note.len());
         assert!(note.starts_with("80 drift events in one pass:"), "{note}");
         assert!(note.contains(" more"), "{note}");
+    }
+
+    #[test]
+    fn a_redis_process_out_of_sync_is_a_warning_on_the_node_never_folded() {
+        let e = Event::RedisViewOutOfSync {
+            key: "redis pod:cache/redis-0 somaxconn".into(),
+            pid: 4242,
+            owner: "pod:cache/redis-0".into(),
+            check: "somaxconn",
+            detail: "net.core.somaxconn of its network namespace (kernel_default) is 128, below tcp-backlog 511".into(),
+        };
+        let k = event_for(&e);
+        assert_eq!(
+            (k.type_, k.reason.as_str()),
+            (EventType::Warning, "RedisViewOutOfSync")
+        );
+        assert_eq!(
+            k.note.as_deref(),
+            Some(
+                "Redis process 4242 (pod:cache/redis-0) sees somaxconn out of sync: net.core.somaxconn of its network namespace (kernel_default) is 128, below tcp-backlog 511"
+            )
+        );
+        assert_eq!(k.action, "Tune redis pod:cache/redis-0 somaxconn");
+        let mut q = Queue::default();
+        q.push(k);
+        q.push(event_for(&e));
+        q.summarize_drift();
+        assert_eq!(q.len(), 2);
     }
 
     #[test]

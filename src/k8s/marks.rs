@@ -30,6 +30,9 @@ pub enum Reason {
     EnforceStalled,
     /// The agent's own Pod cannot be read (403, 404): marks are held.
     PodUnreadable,
+    /// Every enforce-mode setting is in sync, but a Redis process sees one out of sync in its
+    /// own view, and `redis_processes.gate: true` makes that hold readiness.
+    RedisViewOutOfSync,
 }
 
 impl Reason {
@@ -43,6 +46,7 @@ impl Reason {
             Reason::AgentStopped => "AgentStopped",
             Reason::EnforceStalled => "EnforceStalled",
             Reason::PodUnreadable => "PodUnreadable",
+            Reason::RedisViewOutOfSync => "RedisViewOutOfSync",
         }
     }
 }
@@ -74,6 +78,18 @@ fn list<'a>(knobs: impl Iterator<Item = &'a crate::agent::KnobReport>) -> String
 /// What the node should show for `report`. Messages hold values, never error details (which
 /// change between retries), so an unchanged node costs no API write.
 pub fn desired_marks(report: &Report) -> Marks {
+    if !report.ready && report.failing().next().is_none() && !report.redis_out_of_sync.is_empty() {
+        return Marks {
+            label: false,
+            taint: true,
+            status: "False",
+            reason: Reason::RedisViewOutOfSync,
+            message: format!(
+                "every enforce-mode kernel setting is in sync, but Redis processes see one out of sync (redis_processes.gate): {}",
+                report.redis_out_of_sync.join(", ")
+            ),
+        };
+    }
     if !report.ready {
         return Marks {
             label: false,
@@ -347,7 +363,30 @@ pub(crate) mod tests {
             netns: String::new(),
             settings,
             lock_missing: None,
+            redis_out_of_sync: vec![],
         }
+    }
+
+    #[test]
+    fn redis_processes_out_of_sync_say_so_when_the_knobs_are_in_sync() {
+        let mut r = report(false, vec![knob("vm.overcommit_memory", "1", true, None)]);
+        r.redis_out_of_sync =
+            vec!["pod:cache/redis-0 backlog: its listener has backlog 128".into()];
+        let m = desired_marks(&r);
+        assert_eq!(
+            (m.label, m.taint, m.status, m.reason),
+            (false, true, "False", Reason::RedisViewOutOfSync)
+        );
+        assert!(
+            m.message
+                .ends_with(": pod:cache/redis-0 backlog: its listener has backlog 128"),
+            "{}",
+            m.message
+        );
+        // A knob out of sync is said first, as before.
+        let mut r = report(false, vec![knob("vm.overcommit_memory", "0", false, None)]);
+        r.redis_out_of_sync = vec!["pid:1 thp: x".into()];
+        assert_eq!(desired_marks(&r).reason, Reason::CorrectionFailed);
     }
 
     #[test]

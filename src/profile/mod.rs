@@ -19,8 +19,9 @@ use serde_json::Value;
 
 pub use crate::kernel::sysctl_rel_path;
 pub use model::{
-    DEFAULT_INTERVAL, Desired, Knob, MAX_INTERVAL, MIN_INTERVAL, Mode, Profile, Setting,
-    THP_DEFRAG_WORDS, THP_ENABLED_WORDS, THP_PER_SIZE_WORDS, WritersMode, parse_duration,
+    DEFAULT_INTERVAL, Desired, Knob, MAX_INTERVAL, MIN_INTERVAL, Mode, Profile,
+    REDIS_PROCESS_NAMES, RedisProcesses, Setting, THP_DEFRAG_WORDS, THP_ENABLED_WORDS,
+    THP_PER_SIZE_WORDS, WritersMode, parse_duration,
 };
 pub use names::{THP_NAMESPACE, valid_sysctl_name};
 
@@ -132,6 +133,54 @@ mod tests {
         assert_eq!(i.len(), 1, "{i:?}");
         assert_eq!(i[0].field, "writers");
         assert!(i[0].message.contains("off, observe or lock"), "{i:?}");
+    }
+
+    #[test]
+    fn redis_processes_names_and_gate() {
+        let d = Profile::default();
+        assert_eq!(d.redis_processes.names, ["redis-server", "valkey-server"]);
+        assert!(!d.redis_processes.gate);
+        let p = Profile::from_yaml(
+            "redis_processes: {names: [redis-server, keydb-server], gate: true}\n",
+        )
+        .unwrap();
+        assert_eq!(p.redis_processes.names, ["redis-server", "keydb-server"]);
+        assert!(p.redis_processes.gate);
+        let p = Profile::from_yaml("redis_processes: {gate: true}\n").unwrap();
+        assert_eq!(p.redis_processes.names, d.redis_processes.names);
+        let got: Vec<String> = issues(
+            "redis_processes: {names: [redis-server, /usr/bin/redis, 7], gate: yes please, colour: red}\n",
+        )
+        .iter()
+        .map(|i| i.to_string())
+        .collect();
+        assert_eq!(got.len(), 4, "{got:#?}");
+        assert!(
+            got.iter()
+                .any(|i| i.starts_with("redis_processes.colour = \"red\": unknown key")),
+            "{got:#?}"
+        );
+        assert!(
+            got.iter()
+                .any(|i| i
+                    .starts_with("redis_processes.gate = \"yes please\": expected true or false")),
+            "{got:#?}"
+        );
+        assert!(
+            got.iter().any(|i| i.starts_with(
+                "redis_processes.names[1] = \"/usr/bin/redis\": expected a process name"
+            )),
+            "{got:#?}"
+        );
+        assert!(
+            got.iter()
+                .any(|i| i.starts_with("redis_processes.names[2] = 7")),
+            "{got:#?}"
+        );
+        assert_eq!(
+            issues("redis_processes: {names: []}\n")[0].field,
+            "redis_processes.names"
+        );
     }
 
     #[test]

@@ -125,6 +125,30 @@ pub struct Profile {
     pub writers_explicit: bool,
     /// Settings in a stable order; `Mode::Off` settings are dropped at load.
     pub settings: Vec<Setting>,
+    /// Which processes are Redis servers, and whether their own view gates readiness
+    /// (`redis_processes:`).
+    pub redis_processes: RedisProcesses,
+}
+
+/// The process names matched by default: `comm`, or argv[0]'s base name.
+pub const REDIS_PROCESS_NAMES: &[&str] = &["redis-server", "valkey-server"];
+
+/// `redis_processes:` in the profile: the Redis processes whose own view is reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisProcesses {
+    /// Process names (`comm`, or argv[0]'s base name).
+    pub names: Vec<String>,
+    /// A process out of sync makes the node not ready (default: reported only).
+    pub gate: bool,
+}
+
+impl Default for RedisProcesses {
+    fn default() -> Self {
+        RedisProcesses {
+            names: words(REDIS_PROCESS_NAMES),
+            gate: false,
+        }
+    }
 }
 
 fn words(list: &[&str]) -> Vec<String> {
@@ -151,6 +175,7 @@ impl Default for Profile {
             interval: DEFAULT_INTERVAL,
             writers: WritersMode::default(),
             writers_explicit: false,
+            redis_processes: RedisProcesses::default(),
             settings: vec![
                 s(
                     "vm.overcommit_memory",

@@ -124,10 +124,23 @@ impl Validator {
         if root.is_null() {
             return profile;
         }
-        let Some(map) = self.object("", root, &["interval", "mode", "sysctls", "thp", "writers"])
-        else {
+        let Some(map) = self.object(
+            "",
+            root,
+            &[
+                "interval",
+                "mode",
+                "redis_processes",
+                "sysctls",
+                "thp",
+                "writers",
+            ],
+        ) else {
             return profile;
         };
+        if let Some(v) = map.get("redis_processes") {
+            self.redis_processes(v, &mut profile);
+        }
         if let Some(v) = map.get("writers") {
             match v.as_str().and_then(crate::profile::WritersMode::parse) {
                 Some(m) => {
@@ -411,6 +424,50 @@ impl Validator {
         }
         if let (true, Some(mode)) = (ok, mode) {
             s.apply(mode, Some(Desired::Word { allowed, set }));
+        }
+    }
+
+    /// `redis_processes: {names: [...], gate: bool}`.
+    fn redis_processes(&mut self, v: &Value, profile: &mut Profile) {
+        let field = "redis_processes";
+        let Some(map) = self.object(field, v, &["names", "gate"]) else {
+            return;
+        };
+        if let Some(g) = map.get("gate") {
+            match g {
+                Value::Bool(b) => profile.redis_processes.gate = *b,
+                _ => self.issue(
+                    child(field, "gate"),
+                    Some(g),
+                    format!("expected true or false, found {}", type_name(g)),
+                ),
+            }
+        }
+        let Some(n) = map.get("names") else { return };
+        let Some(list) = n.as_array().filter(|l| !l.is_empty()) else {
+            self.issue(
+                child(field, "names"),
+                Some(n),
+                "expected a non-empty list of process names",
+            );
+            return;
+        };
+        let mut names = vec![];
+        for (i, item) in list.iter().enumerate() {
+            match item.as_str() {
+                // A process name: what `comm` or argv[0]'s base name can be.
+                Some(s) if !s.is_empty() && !s.contains(['/', ' ', '\0']) => {
+                    names.push(s.to_string())
+                }
+                _ => self.issue(
+                    format!("{field}.names[{i}]"),
+                    Some(item),
+                    "expected a process name (no '/', no space), as in `comm` or argv[0]'s base name",
+                ),
+            }
+        }
+        if names.len() == list.len() {
+            profile.redis_processes.names = names;
         }
     }
 
