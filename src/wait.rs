@@ -211,6 +211,10 @@ mod tests {
     use super::*;
     use crate::testing::FakeTree;
 
+    fn bad(f: &[Finding]) -> Vec<&str> {
+        f.iter().filter(|f| !f.ok).map(|f| f.name.as_str()).collect()
+    }
+
     fn findings(tree: &FakeTree, backlog: u32, release: &str) -> Vec<Finding> {
         let fs = tree.fs();
         let mut ts = resolve(&fs, &Profile::default());
@@ -221,13 +225,8 @@ mod tests {
     fn an_untuned_kernel_is_named_knob_by_knob() {
         let tree = FakeTree::untuned();
         let f = findings(&tree, 511, "6.1.0-57-amd64");
-        let bad: Vec<_> = f
-            .iter()
-            .filter(|f| !f.ok)
-            .map(|f| f.name.as_str())
-            .collect();
         assert_eq!(
-            bad,
+            bad(&f),
             [
                 "vm.overcommit_memory",
                 "thp.enabled",
@@ -281,24 +280,14 @@ mod tests {
             "[always] inherit madvise never\n",
         );
         let f = findings(&tree, 511, "6.1.0-57-amd64");
-        let bad: Vec<_> = f
-            .iter()
-            .filter(|f| !f.ok)
-            .map(|f| f.name.as_str())
-            .collect();
-        assert_eq!(bad, ["thp.hugepages-64kB.enabled"]);
+        assert_eq!(bad(&f), ["thp.hugepages-64kB.enabled"]);
         // A backlog above the namespace's value is not in sync, whatever the host's.
         tree.put(
             "sys/kernel/mm/transparent_hugepage/hugepages-64kB/enabled",
             "always inherit madvise [never]\n",
         );
         let f = findings(&tree, 8192, "6.1.0-57-amd64");
-        let bad: Vec<_> = f
-            .iter()
-            .filter(|f| !f.ok)
-            .map(|f| f.name.as_str())
-            .collect();
-        assert_eq!(bad, ["net.core.somaxconn"]);
+        assert_eq!(bad(&f), ["net.core.somaxconn"]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! failure.
 
 mod common;
+use common::netns::NetNs;
 use common::*;
 
 use std::io::{BufRead, BufReader};
@@ -13,59 +14,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-/// A network namespace made by the test, deleted on drop.
-struct NetNs {
-    name: String,
-}
-
-impl NetNs {
-    fn new(tag: &str) -> NetNs {
-        require("ip");
-        let name = format!("rnt-procs-{tag}-{}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "ip netns add {name} failed");
-        let ns = NetNs { name };
-        assert!(
-            ns.exec(&["ip", "link", "set", "lo", "up"])
-                .status()
-                .is_ok_and(|s| s.success())
-        );
-        ns
-    }
-
-    fn exec(&self, cmd: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).args(cmd);
-        c
-    }
-
-    fn set_somaxconn(&self, v: u32) {
-        let st = self
-            .exec(&[
-                "sh",
-                "-c",
-                &format!("echo {v} > /proc/sys/net/core/somaxconn"),
-            ])
-            .status();
-        assert!(st.is_ok_and(|s| s.success()));
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
 
 /// A running redis-server, killed on drop. Its pid is the child's: `ip netns exec` execs it.
 struct Redis {
@@ -174,7 +122,7 @@ fn free_port() -> u16 {
 #[test]
 fn a_pod_network_redis_at_somaxconn_128_gets_a_backlog_of_128() {
     let ns = NetNs::new("low");
-    ns.set_somaxconn(128);
+    ns.set_somaxconn("128");
     // set-proc-title no: the command line keeps --tcp-backlog, the configured value is known.
     let redis = Redis::start(Some(&ns), 6390, &["--set-proc-title", "no"]);
     let p = process(redis.pid());
@@ -264,7 +212,7 @@ fn a_pod_network_redis_at_somaxconn_128_gets_a_backlog_of_128() {
 fn a_pod_network_redis_at_the_kernel_default_has_its_full_backlog() {
     let ns = NetNs::new("default");
     // 4096: what a new namespace starts with since Linux 5.4 (set explicitly for older ones).
-    ns.set_somaxconn(4096);
+    ns.set_somaxconn("4096");
     // The process title replaces the command line (Redis's default): tcp-backlog is assumed.
     let redis = Redis::start(Some(&ns), 6391, &[]);
     let p = process(redis.pid());
@@ -375,7 +323,7 @@ impl Drop for Run {
 #[test]
 fn run_meters_each_redis_process_logs_it_out_of_sync_and_drops_its_series_when_it_goes() {
     let ns = NetNs::new("run");
-    ns.set_somaxconn(128);
+    ns.set_somaxconn("128");
     let redis = Redis::start(Some(&ns), 6392, &["--set-proc-title", "no"]);
     let owner = format!("pid:{}", redis.pid());
     let run = Run::start();

@@ -853,6 +853,41 @@ patches:
         tuned.is_empty(),
         "Redis warnings on the tuned node: {tuned:#?}"
     );
+    // Redis's own view, from the host (root, /proc): the pod's Redis found by its cgroup and
+    // named by the kubelet's log directory, in its pod network namespace at the kernel's
+    // default, its listener's real backlog, in sync.
+    let view = Out::of(
+        Command::new(BIN)
+            .args(["check", "--pod-logs-dir", &format!("{D}/pod-logs")])
+            .env("REDIS_NODE_TUNER_STATE_DIR", "/var/lib/redis-node-tuner")
+            .output()
+            .expect("redis-node-tuner check"),
+    );
+    eprintln!("check on the tuned node, redis-0 running:\n{}", view.stdout);
+    let view_json = Out::of(
+        Command::new(BIN)
+            .args([
+                "check",
+                "-o",
+                "json",
+                "--pod-logs-dir",
+                &format!("{D}/pod-logs"),
+            ])
+            .env("REDIS_NODE_TUNER_STATE_DIR", "/var/lib/redis-node-tuner")
+            .output()
+            .expect("redis-node-tuner check -o json"),
+    );
+    let v: Value = serde_json::from_str(&view_json.stdout).expect("check JSON");
+    let redis0 = v["processes"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["owner_label"] == "pod:redis/redis-0"))
+        .cloned()
+        .unwrap_or_else(|| panic!("redis-0 not among the processes: {view_json:?}"));
+    assert_eq!(redis0["netns"]["kind"], "kernel_default", "{redis0:#}");
+    assert_eq!(redis0["netns"]["somaxconn"], 4096, "{redis0:#}");
+    assert_eq!(redis0["listen_backlog"], 511, "{redis0:#}");
+    assert_eq!(redis0["in_sync"], true, "{redis0:#}");
+
     // The same probe as on the untuned node (host network, same arguments): no warning.
     cluster.redis_pod("redis", "probe-tuned", true, false, &probe_args);
     let tuned = warnings(&cluster.redis_log("redis", "probe-tuned", "redis"));

@@ -24,6 +24,22 @@ pub struct Reading {
     pub number: Option<i64>,
 }
 
+/// The selected word of a sysfs enum (`always [madvise] never`): the one in brackets, or a
+/// file's single bare word (a plain-file test tree); `None` when there is not exactly one.
+pub fn selected_word(text: &str) -> Option<&str> {
+    let mut selected = text
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')));
+    match (selected.next(), selected.next()) {
+        (Some(w), None) => Some(w),
+        (None, None) => match text.split_whitespace().collect::<Vec<_>>()[..] {
+            [w] => Some(w),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 pub(super) fn parse(t: &KnobFile, raw: &[u8]) -> Result<Reading, &'static str> {
     let text = std::str::from_utf8(raw).map_err(|_| "not UTF-8 text")?;
     match t.format {
@@ -39,18 +55,7 @@ pub(super) fn parse(t: &KnobFile, raw: &[u8]) -> Result<Reading, &'static str> {
             Ok(Reading { value, number })
         }
         Format::Enum => {
-            let mut selected = text
-                .split_whitespace()
-                .filter_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')));
-            let word = match (selected.next(), selected.next()) {
-                (Some(w), None) => w,
-                // A file of one bare word (a plain-file test tree) reads as that word.
-                (None, None) => match text.split_whitespace().collect::<Vec<_>>()[..] {
-                    [w] => w,
-                    _ => "",
-                },
-                _ => "",
-            };
+            let word = selected_word(text).unwrap_or("");
             if word.is_empty() {
                 return Err("a list of words with exactly one in [brackets]");
             }
@@ -127,27 +132,33 @@ impl HostFs {
 
     /// The per-size THP knobs of this kernel (6.8+): (size in kB, directory name), by size.
     pub fn thp_sizes(&self) -> Vec<(u64, String)> {
-        let dir = self.sys_root.join(THP_DIR);
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            return vec![];
-        };
-        let mut sizes: Vec<(u64, String)> = rd
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let kb = name
-                    .strip_prefix("hugepages-")?
-                    .strip_suffix("kB")?
-                    .parse()
-                    .ok()?;
-                // Some sizes exist for shmem only (shmem_enabled, no enabled).
-                dir.join(&name)
-                    .join("enabled")
-                    .is_file()
-                    .then_some((kb, name))
-            })
-            .collect();
-        sizes.sort();
-        sizes
+        thp_sizes(&self.sys_root)
     }
+}
+
+/// The per-size THP directories under a sys root (6.8+) that have an `enabled` file: (size in
+/// kB, directory name), by size.
+pub fn thp_sizes(sys_root: &std::path::Path) -> Vec<(u64, String)> {
+    let dir = sys_root.join(THP_DIR);
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return vec![];
+    };
+    let mut sizes: Vec<(u64, String)> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let kb = name
+                .strip_prefix("hugepages-")?
+                .strip_suffix("kB")?
+                .parse()
+                .ok()?;
+            // Some sizes exist for shmem only (shmem_enabled, no enabled).
+            dir.join(&name)
+                .join("enabled")
+                .is_file()
+                .then_some((kb, name))
+        })
+        .collect();
+    sizes.sort();
+    sizes
 }

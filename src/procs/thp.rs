@@ -3,6 +3,7 @@
 //! Redis 6.2+ calls when the top-level file says `[always]`).
 
 use std::path::Path;
+use crate::kernel::{selected_word, thp_sizes};
 
 use serde::Serialize;
 
@@ -15,41 +16,24 @@ pub struct HostThp {
     pub sizes: Vec<(String, String)>,
 }
 
-/// The selected word of a THP file (`always [madvise] never`).
-pub fn selected(text: &str) -> Option<String> {
-    let mut words = text.split_whitespace();
-    let one = text.split_whitespace().count() == 1;
-    words
-        .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
-        .or_else(|| one.then(|| text.trim()))
-        .map(str::to_string)
-}
-
 impl HostThp {
     /// Reads `<sys-root>/kernel/mm/transparent_hugepage/{enabled,hugepages-*kB/enabled}`.
     pub fn read(sys_root: &Path) -> HostThp {
         let dir = sys_root.join(crate::kernel::THP_DIR);
-        let word = |p: &Path| std::fs::read_to_string(p).ok().and_then(|t| selected(&t));
-        let top = word(&dir.join("enabled"));
-        let mut sizes: Vec<(u64, String, String)> = std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let kb: u64 = name
-                    .strip_prefix("hugepages-")?
-                    .strip_suffix("kB")?
-                    .parse()
-                    .ok()?;
-                let w = word(&dir.join(&name).join("enabled"))?;
-                Some((kb, name, w))
-            })
-            .collect();
-        sizes.sort();
+        let word = |p: &Path| {
+            std::fs::read_to_string(p)
+                .ok()
+                .and_then(|t| selected_word(&t).map(str::to_string))
+        };
         HostThp {
-            top,
-            sizes: sizes.into_iter().map(|(_, n, w)| (n, w)).collect(),
+            top: word(&dir.join("enabled")),
+            sizes: thp_sizes(sys_root)
+                .into_iter()
+                .filter_map(|(_, name)| {
+                    let w = word(&dir.join(&name).join("enabled"))?;
+                    Some((name, w))
+                })
+                .collect(),
         }
     }
 
@@ -175,9 +159,9 @@ mod tests {
         assert_eq!(rollup_bytes(r, "ShmemPmdMapped"), Some(0));
         assert_eq!(rollup_bytes(r, "FilePmdMapped"), None);
         assert_eq!(
-            selected("always [madvise] never\n").as_deref(),
+            selected_word("always [madvise] never\n"),
             Some("madvise")
         );
-        assert_eq!(selected("never\n").as_deref(), Some("never"));
+        assert_eq!(selected_word("never\n"), Some("never"));
     }
 }

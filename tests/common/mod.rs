@@ -5,6 +5,7 @@ pub mod apiserver;
 pub mod deb;
 pub mod helm;
 pub mod host;
+pub mod netns;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
