@@ -212,7 +212,10 @@ mod tests {
     use crate::testing::FakeTree;
 
     fn bad(f: &[Finding]) -> Vec<&str> {
-        f.iter().filter(|f| !f.ok).map(|f| f.name.as_str()).collect()
+        f.iter()
+            .filter(|f| !f.ok)
+            .map(|f| f.name.as_str())
+            .collect()
     }
 
     fn findings(tree: &FakeTree, backlog: u32, release: &str) -> Vec<Finding> {

@@ -159,7 +159,7 @@ impl Cluster {
     /// apiserver's loopback address (no kube-proxy), extra `run` arguments; with the AppArmor
     /// component when asked.
     fn agent_overlay(&self, name: &str, apparmor: bool, extra_args: &[&str]) -> PathBuf {
-        self.agent_overlay_with(name, apparmor, extra_args, None)
+        self.agent_overlay_with(name, apparmor, extra_args, None, false)
     }
 
     /// As `agent_overlay`, with the profile (the ConfigMap) replaced by `config`.
@@ -169,14 +169,30 @@ impl Cluster {
         apparmor: bool,
         extra_args: &[&str],
         config: Option<&str>,
+        redis_view: bool,
     ) -> PathBuf {
         let mut args = vec!["run", "--listen", ":9977"];
         args.extend_from_slice(extra_args);
         let dir = self.work.path().join(name);
-        let components = if apparmor {
+        let mut components = vec![];
+        if apparmor {
+            components.push(relative(&repo().join("deploy/components/apparmor"), &dir));
+        }
+        if redis_view {
+            components.push(relative(&repo().join("deploy/components/redis-view"), &dir));
+        }
+        let components = if components.is_empty() {
+            String::new()
+        } else {
+            format!("components:\n  - {}\n", components.join("\n  - "))
+        };
+        // The test kubelet writes its pod logs under the cluster's directory.
+        let pod_logs = if redis_view {
             format!(
-                "components:\n  - {}\n",
-                relative(&repo().join("deploy/components/apparmor"), &dir)
+                "  - target: {{kind: DaemonSet, name: redis-node-tuner}}\n    patch: |-\n      \
+                 apiVersion: apps/v1\n      kind: DaemonSet\n      metadata: {{name: redis-node-tuner, \
+                 namespace: {NS}}}\n      spec: {{template: {{spec: {{volumes: [{{name: pod-logs, \
+                 hostPath: {{path: {D}/pod-logs}}}}]}}}}}}\n"
             )
         } else {
             String::new()
@@ -205,7 +221,7 @@ patches:
       - op: add
         path: /spec/template/spec/containers/0/env/-
         value: {{name: KUBERNETES_SERVICE_PORT, value: "{API_PORT}"}}
-"#,
+{pod_logs}"#,
             base = relative(&repo().join("deploy/base"), &dir),
             args = serde_json::to_string(&args).expect("args"),
         );
@@ -1059,7 +1075,9 @@ patches:
         .expect("base config")
         .replace("interval: 1s", "interval: 2s");
     assert!(config.contains("interval: 2s"), "{config}");
-    let rolled = cluster.agent_overlay_with("agent-rolled", false, &[], Some(&config));
+    // The rolled agent also has deploy/components/redis-view (hostPID, CAP_SYS_PTRACE and
+    // CAP_SYS_ADMIN, the kubelet's pod logs): it reports redis-0's own view.
+    let rolled = cluster.agent_overlay_with("agent-rolled", false, &[], Some(&config), true);
     cluster.apply_k(&rolled);
     let (_, rolled_uid) = cluster.wait(120, "the rolled agent pod Running and Ready", || {
         cluster.ready_agent().filter(|(_, uid)| *uid != agent_uid)
@@ -1091,6 +1109,33 @@ patches:
         "redis-0 during the roll: {redis:?}; {watch_errors}"
     );
     assert_ne!(rolled_uid, agent_uid);
+    let per_process = |body: &str, check: &str| {
+        common::sample(
+            body,
+            &format!(
+                "redis_node_tuner_redis_process_in_sync{{owner=\"pod:redis/redis-0\",check=\"{check}\"}}"
+            ),
+        )
+    };
+    let body = cluster.wait(
+        60,
+        "the redis-view agent reporting redis-0 in /metrics",
+        || {
+            let (status, body) = http_get("10.213.0.1:9977", "/metrics").ok()?;
+            (status == 200 && body.contains("owner=\"pod:redis/redis-0\"")).then_some(body)
+        },
+    );
+    for check in ["overcommit", "thp", "somaxconn", "backlog"] {
+        assert_eq!(per_process(&body, check), 1.0, "{check}: {body}");
+    }
+    assert_eq!(
+        common::sample(
+            &body,
+            "redis_node_tuner_redis_process_listen_backlog{owner=\"pod:redis/redis-0\"}"
+        ),
+        511.0,
+        "{body}"
+    );
 
     // --- Power cycles (issue 21): the bound Redis pod is restarted by the kubelet whatever the
     // taints say, racing the agent. With the example's `wait` init container Redis never starts

@@ -2,8 +2,8 @@
 //! per size) and the process's own `THP_enabled` (0 after `prctl(PR_SET_THP_DISABLE)`, which
 //! Redis 6.2+ calls when the top-level file says `[always]`).
 
-use std::path::Path;
 use crate::kernel::{selected_word, thp_sizes};
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -158,10 +158,7 @@ mod tests {
         assert_eq!(rollup_bytes(r, "AnonHugePages"), Some(6144 * 1024));
         assert_eq!(rollup_bytes(r, "ShmemPmdMapped"), Some(0));
         assert_eq!(rollup_bytes(r, "FilePmdMapped"), None);
-        assert_eq!(
-            selected_word("always [madvise] never\n"),
-            Some("madvise")
-        );
+        assert_eq!(selected_word("always [madvise] never\n"), Some("madvise"));
         assert_eq!(selected_word("never\n"), Some("never"));
     }
 }
