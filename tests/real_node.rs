@@ -1079,9 +1079,10 @@ patches:
     // CAP_SYS_ADMIN, the kubelet's pod logs): it reports redis-0's own view.
     let rolled = cluster.agent_overlay_with("agent-rolled", false, &[], Some(&config), true);
     cluster.apply_k(&rolled);
-    let (_, rolled_uid) = cluster.wait(120, "the rolled agent pod Running and Ready", || {
-        cluster.ready_agent().filter(|(_, uid)| *uid != agent_uid)
-    });
+    let (rolled_name, rolled_uid) =
+        cluster.wait(120, "the rolled agent pod Running and Ready", || {
+            cluster.ready_agent().filter(|(_, uid)| *uid != agent_uid)
+        });
     cluster.wait(60, "node marked ready by the rolled agent", || {
         cluster.node_marked_ready().then_some(())
     });
@@ -1099,7 +1100,8 @@ patches:
     );
     assert!(
         labels.lines().count() >= 2 && labels.lines().all(|l| l == "true"),
-        "the label during the roll: {labels:?}; {watch_errors}"
+        "the label during the roll: {labels:?}; {watch_errors}; the rolled agent's log:\n{}",
+        cluster.container_log(NS, &rolled_name, "agent")
     );
     assert!(
         !redis.is_empty()

@@ -109,6 +109,11 @@ impl Report {
             .filter(|k| k.mode == Mode::Enforce && !k.in_sync)
     }
 
+    /// Made before the `net.*` knobs' namespace was proven to be the host's.
+    pub fn netns_unverified(&self) -> bool {
+        self.netns.starts_with("unverified")
+    }
+
     /// An enforce-mode knob could not be read.
     pub fn unreadable(&self) -> bool {
         self.failing().any(|k| k.state == StateKind::Error)

@@ -58,6 +58,10 @@ pub struct Gate<A: NodeApi> {
     /// report made before it shows `net.*` unverified, and acting on it would drop the label a
     /// previous agent set (a rolling update would flap scheduling).
     held: bool,
+    /// Host networking was proven by the Pod: a report still made without the proof (a pass
+    /// that began before the enforce thread took it in, arriving after `release`) is stale
+    /// and ignored, for the same reason as `held`.
+    proven: bool,
     /// When the enforce thread last finished a pass: a stalled one is never heartbeaten as
     /// the last report; the condition turns Unknown / EnforceStalled.
     clock: Option<Arc<PassClock>>,
@@ -89,6 +93,7 @@ impl<A: NodeApi> Gate<A> {
             started: now,
             ready_logged: false,
             held: false,
+            proven: false,
             clock: None,
             refused_events: 0,
             refusal_logged: false,
@@ -122,6 +127,7 @@ impl<A: NodeApi> Gate<A> {
         if self.held && proven {
             self.report = None;
         }
+        self.proven |= proven;
         self.held = false;
         self.pod_unreadable = None;
         self.step(now).await;
@@ -163,6 +169,9 @@ impl<A: NodeApi> Gate<A> {
 
     /// A new report of the enforce loop.
     pub async fn on_report(&mut self, report: Arc<Report>, now: Instant) {
+        if self.proven && report.netns_unverified() {
+            return;
+        }
         self.report = Some(report);
         self.step(now).await;
     }

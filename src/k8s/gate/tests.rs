@@ -501,6 +501,36 @@ async fn nothing_is_written_while_the_pod_proof_is_pending() {
     );
 }
 
+/// A pass that began before the enforce thread took the proof in reports `net.*` unverified
+/// after `release`: acting on it would drop the label a previous agent left for a moment.
+#[tokio::test]
+async fn a_report_still_unverified_after_the_proof_is_ignored() {
+    let fake = Fake::with_node(vec![]);
+    let t0 = Instant::now();
+    let mut g = Gate::new(fake, opts(), t0);
+    g.hold(true);
+    let node = g.api.node.borrow().clone();
+    g.on_node(Some(node), t0).await;
+    g.release(true, t0).await;
+    let mut stale = report(false, vec![knob("net.core.somaxconn", "128", false, None)]);
+    stale.netns = "unverified: cannot read /host/proc/1/ns/net".into();
+    g.on_report(Arc::new(stale), t0).await;
+    g.on_timer(t0).await;
+    assert!(
+        g.api.take_log().is_empty(),
+        "a report made before the proof was acted on"
+    );
+    g.on_report(tuned(), t0).await;
+    assert_eq!(
+        g.api.take_log(),
+        [
+            "apply label=true",
+            "condition True/AllSettingsInSync",
+            "event NodeReady"
+        ]
+    );
+}
+
 #[tokio::test]
 async fn stop_writes_agent_stopped_and_leaves_label_and_taint() {
     let (mut g, _) = started(Fake::with_node(vec![]), untuned()).await;
