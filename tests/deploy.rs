@@ -631,6 +631,33 @@ fn wait_for_policy(api: &ApiServer, kubeconfig: &Path, other_node: &str) {
         enforced,
         "the admission policy was not enforced within 30 s"
     );
+    // The events policy is another object, loaded on its own: wait for it too.
+    let dir = tempfile::tempdir().expect("tmp");
+    let event = dir.path().join("event.json");
+    std::fs::write(
+        &event,
+        json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"generateName": "redis-node-tuner-", "namespace": "default"},
+            "eventTime": "2026-01-01T00:00:00.000000Z",
+            "reportingController": "redis-node-tuner", "reportingInstance": "probe",
+            "action": "Reconcile", "reason": "NodeReady", "type": "Normal", "note": "probe",
+            "regarding": {"apiVersion": "v1", "kind": "Node", "name": other_node},
+        })
+        .to_string(),
+    )
+    .expect("event file");
+    let events = wait_for(Duration::from_secs(30), || {
+        let o = api.kubectl_as(
+            kubeconfig,
+            &["create", "--dry-run=server", "-f", &event.to_string_lossy()],
+        );
+        o.code != 0 && o.stderr.contains("ValidatingAdmissionPolicy")
+    });
+    assert!(
+        events,
+        "the events admission policy was not enforced within 30 s"
+    );
 }
 
 #[test]
