@@ -467,14 +467,26 @@ async fn a_lagging_watch_event_does_not_replace_the_agents_newer_write() {
     assert!(log.iter().all(|l| !l.ends_with("409")), "{log:?}");
 }
 
-#[tokio::test]
-async fn nothing_is_written_while_the_pod_proof_is_pending() {
-    let fake = Fake::with_node(vec![]);
-    let t0 = Instant::now();
-    let mut g = Gate::new(fake, opts(), t0);
+/// A gate held for the Pod's proof, with its Node known.
+async fn held(t0: Instant) -> Gate<Fake> {
+    let mut g = Gate::new(Fake::with_node(vec![]), opts(), t0);
     g.hold(true);
     let node = g.api.node.borrow().clone();
     g.on_node(Some(node), t0).await;
+    g
+}
+
+/// The writes of a node's first ready report.
+const FIRST_READY: [&str; 3] = [
+    "apply label=true",
+    "condition True/AllSettingsInSync",
+    "event NodeReady",
+];
+
+#[tokio::test]
+async fn nothing_is_written_while_the_pod_proof_is_pending() {
+    let t0 = Instant::now();
+    let mut g = held(t0).await;
     // A report made before the proof: net.* unverified, not ready.
     g.on_report(untuned(), t0).await;
     g.on_timer(t0).await;
@@ -491,26 +503,15 @@ async fn nothing_is_written_while_the_pod_proof_is_pending() {
         "the report from before the proof is forgotten"
     );
     g.on_report(tuned(), t0).await;
-    assert_eq!(
-        g.api.take_log(),
-        [
-            "apply label=true",
-            "condition True/AllSettingsInSync",
-            "event NodeReady"
-        ]
-    );
+    assert_eq!(g.api.take_log(), FIRST_READY);
 }
 
 /// A pass that began before the enforce thread took the proof in reports `net.*` unverified
 /// after `release`: acting on it would drop the label a previous agent left for a moment.
 #[tokio::test]
 async fn a_report_still_unverified_after_the_proof_is_ignored() {
-    let fake = Fake::with_node(vec![]);
     let t0 = Instant::now();
-    let mut g = Gate::new(fake, opts(), t0);
-    g.hold(true);
-    let node = g.api.node.borrow().clone();
-    g.on_node(Some(node), t0).await;
+    let mut g = held(t0).await;
     g.release(true, t0).await;
     let mut stale = report(false, vec![knob("net.core.somaxconn", "128", false, None)]);
     stale.netns = "unverified: cannot read /host/proc/1/ns/net".into();
@@ -521,14 +522,7 @@ async fn a_report_still_unverified_after_the_proof_is_ignored() {
         "a report made before the proof was acted on"
     );
     g.on_report(tuned(), t0).await;
-    assert_eq!(
-        g.api.take_log(),
-        [
-            "apply label=true",
-            "condition True/AllSettingsInSync",
-            "event NodeReady"
-        ]
-    );
+    assert_eq!(g.api.take_log(), FIRST_READY);
 }
 
 #[tokio::test]
@@ -861,12 +855,5 @@ async fn an_unreadable_own_pod_is_said_on_the_node_while_the_marks_are_held() {
     );
     g.release(true, t0).await;
     g.on_report(tuned(), t0).await;
-    assert_eq!(
-        g.api.take_log(),
-        [
-            "apply label=true",
-            "condition True/AllSettingsInSync",
-            "event NodeReady"
-        ]
-    );
+    assert_eq!(g.api.take_log(), FIRST_READY);
 }
