@@ -399,14 +399,6 @@ pub fn run_cli(cli: Cli) -> Exit {
     if let Command::Cleanup = &cli.command {
         return cleanup(&cli);
     }
-    if let Command::Wait {
-        tcp_backlog,
-        timeout,
-        interval,
-    } = &cli.command
-    {
-        return wait_command(&cli, &profile, *tcp_backlog, timeout, interval);
-    }
     if let Err(msg) = kube_timeout(&cli) {
         eprintln!("error: {msg}");
         return Exit::Usage;
@@ -504,12 +496,16 @@ pub fn run_cli(cli: Cli) -> Exit {
             )
         }
         Command::Cleanup => cleanup(&cli),
-        Command::Wait { .. } => Exit::Usage,
+        Command::Wait {
+            tcp_backlog,
+            timeout,
+            interval,
+        } => wait_command(fs, &profile, *tcp_backlog, timeout, interval),
     }
 }
 
 fn wait_command(
-    cli: &Cli,
+    fs: HostFs,
     profile: &Profile,
     tcp_backlog: u32,
     timeout: &str,
@@ -532,7 +528,7 @@ fn wait_command(
         timeout,
         interval,
     };
-    crate::wait::wait(HostFs::new(&cli.proc_root, &cli.sys_root), profile, &opts)
+    crate::wait::wait(fs, profile, &opts)
 }
 
 /// The runtime of `run` and `cleanup`: two worker threads, so a request that blocks its thread

@@ -509,29 +509,14 @@ fn wait_blocks_on_what_redis_warns_about_and_returns_once_it_would_not() {
     );
     ns.set_somaxconn("1024");
     let end = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break st;
-        }
+    while child.try_wait().expect("try_wait").is_none() {
         assert!(
             Instant::now() < end,
             "wait did not return on a tuned kernel"
         );
         std::thread::sleep(Duration::from_millis(100));
-    };
-    let out = Out::of(std::process::Output {
-        status,
-        stdout: child
-            .stdout
-            .take()
-            .map(|mut s| {
-                let mut v = vec![];
-                let _ = std::io::Read::read_to_end(&mut s, &mut v);
-                v
-            })
-            .unwrap_or_default(),
-        stderr: vec![],
-    });
+    }
+    let out = Out::of(child.wait_with_output().expect("wait's output"));
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("\nin sync after"), "{out:?}");
     assert!(

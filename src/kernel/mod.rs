@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 pub use error::{ErrorKind, KernelError};
 pub use file::{Format, KnobFile, Reading, selected_word, thp_sizes};
 pub use location::{Location, Root, THP_DIR, sysctl_rel_path};
-pub use netns::NetnsStatus;
+pub use netns::{NetnsStatus, ns_id};
 pub use somaxconn::{kernel_release, new_netns_somaxconn};
 
 use netns::NetnsThread;

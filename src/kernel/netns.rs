@@ -104,7 +104,8 @@ fn thread_netns_ino() -> Option<u64> {
         .map(|m| m.ino())
 }
 
-fn ns_id(path: &Path) -> io::Result<(u64, u64)> {
+/// A namespace's identity: (device, inode) of its `ns/*` file.
+pub fn ns_id(path: &Path) -> io::Result<(u64, u64)> {
     let m = std::fs::metadata(path)?;
     Ok((m.dev(), m.ino()))
 }

@@ -26,7 +26,7 @@ use serde::Serialize;
 
 pub use cmdline::{BacklogSource, DEFAULT_TCP_BACKLOG, TcpBacklog};
 pub use diag::{DiagError, Listener};
-pub use owner::{CgroupOwner, Owner, parse_cgroup};
+pub use owner::{CgroupOwner, Owner, parse_cgroup, pod_uid};
 pub use thp::HostThp;
 
 use crate::kernel::{kernel_release, new_netns_somaxconn};

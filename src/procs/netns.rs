@@ -7,20 +7,16 @@
 //! (a kept descriptor would keep a deleted pod's namespace alive).
 
 use std::fs::File;
-use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::diag::{self, DiagError, Listener};
 
-/// A namespace's identity: (device, inode) of its `ns/net` file.
+/// A namespace's identity: (device, inode) of its `ns/net` file ([`crate::kernel::ns_id`]).
 pub type NsId = (u64, u64);
 
-pub fn ns_id(path: &Path) -> io::Result<NsId> {
-    let m = std::fs::metadata(path)?;
-    Ok((m.dev(), m.ino()))
-}
+pub use crate::kernel::ns_id;
 
 /// The calling thread's own network namespace.
 pub fn own_ns() -> Option<NsId> {

@@ -89,8 +89,9 @@ fn path_owner(path: &str) -> CgroupOwner {
         .map_or(CgroupOwner::None, |s| CgroupOwner::Unit((*s).to_string()))
 }
 
-/// The pod UID of one cgroup path segment: `pod<uid>` or `…-pod<uid>.slice`.
-fn pod_uid(seg: &str) -> Option<String> {
+/// The pod UID of one cgroup path segment: `pod<uid>` or `…-pod<uid>.slice` (also used by the
+/// writer watch's attribution).
+pub fn pod_uid(seg: &str) -> Option<String> {
     let seg = seg.strip_suffix(".slice").unwrap_or(seg);
     let rest = match seg.strip_prefix("pod") {
         Some(r) => r,

@@ -36,7 +36,7 @@ pub fn pod_identity(cgroup: &str) -> PodIdentity {
         return id;
     }
     for (i, seg) in segs.iter().enumerate() {
-        if let Some(uid) = pod_uid_of(seg) {
+        if let Some(uid) = crate::procs::pod_uid(seg) {
             id.pod_uid = Some(uid);
             if let Some(next) = segs.get(i + 1) {
                 id.container_id = container_id_of(next);
@@ -44,18 +44,6 @@ pub fn pod_identity(cgroup: &str) -> PodIdentity {
         }
     }
     id
-}
-
-fn pod_uid_of(seg: &str) -> Option<String> {
-    let uid = if let Some(slice) = seg.strip_suffix(".slice") {
-        // kubepods-burstable-pod<uid with _>.slice, kubepods-pod<uid>.slice
-        let at = slice.rfind("-pod")?;
-        slice[at + 4..].replace('_', "-")
-    } else {
-        seg.strip_prefix("pod")?.to_string()
-    };
-    let ok = uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-    ok.then_some(uid)
 }
 
 fn container_id_of(seg: &str) -> Option<String> {
