@@ -503,6 +503,39 @@ fn base_and_overlay_apply_server_side_and_keep_the_least_privilege_pod_spec() {
         "{:#}",
         pod["tolerations"]
     );
+    // Its pool is deploy/base's (the README's quickstart labels and taints a node once, for
+    // both): the affinity requires every label of the base DaemonSet's nodeSelector, and it
+    // tolerates every pool taint the base tolerates (its own taint aside).
+    let base_ds: Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(root().join("deploy/base/daemonset.yaml")).expect("base ds"),
+    )
+    .expect("base ds yaml");
+    let base_pod = &base_ds["spec"]["template"]["spec"];
+    for (k, v) in base_pod["nodeSelector"].as_object().expect("nodeSelector") {
+        if k == "kubernetes.io/os" {
+            continue;
+        }
+        assert!(
+            terms.iter().all(|t| t["matchExpressions"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["key"] == json!(k)
+                    && e["operator"] == json!("In")
+                    && e["values"] == json!([v])))),
+            "the example does not select the base's pool label {k}={v}: {terms:?}"
+        );
+    }
+    for t in base_pod["tolerations"].as_array().expect("tolerations") {
+        if t["key"] == json!(TAINT) {
+            continue;
+        }
+        assert!(
+            pod["tolerations"]
+                .as_array()
+                .is_some_and(|ts| ts.contains(t)),
+            "the example does not tolerate the base's pool taint {t}: {:#}",
+            pod["tolerations"]
+        );
+    }
     // Every start of Redis (reboots too) waits for the kernel as the pod sees it: the agent's
     // image (the same kustomize image name as the DaemonSet's), `wait` with Redis's own
     // tcp-backlog, and no privilege.

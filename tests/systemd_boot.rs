@@ -851,3 +851,78 @@ fn stop_restore_remove_and_purge_do_what_the_readme_says() {
     assert_eq!(leftovers.trim(), "", "left after purge");
     node.finish();
 }
+
+/// The `sh` blocks of the README section `heading`, in order.
+fn readme_blocks(heading: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let at = readme
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("README.md has no section {heading}"));
+    let section = &readme[at + 1..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    section
+        .split("\n```sh\n")
+        .skip(1)
+        .map(|b| b.split("\n```\n").next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The README's bare-metal quickstart, as written (issue 22): its build block's `cargo deb` is
+/// the one [`deb`] runs (which adds only `--no-strip` and `--output`); its node block runs line
+/// by line, in /root of a booted node holding the package under its own name: `check` exits 1
+/// on the untuned kernel, every other line 0, and the node ends tuned with the unit running.
+#[test]
+fn the_readme_bare_metal_quickstart_runs_as_written() {
+    let blocks = readme_blocks("## Bare-metal quickstart (systemd)");
+    assert_eq!(
+        blocks.len(),
+        2,
+        "a build block and a node block: {blocks:#?}"
+    );
+    assert!(
+        blocks[0]
+            .lines()
+            .any(|l| l == "cargo install cargo-deb --version 3.8.0 --locked"),
+        "{}",
+        blocks[0]
+    );
+    let cargo_deb: Vec<&str> = blocks[0]
+        .lines()
+        .find(|l| l.starts_with("cargo deb"))
+        .and_then(|l| l.split('#').next())
+        .expect("a `cargo deb` line")
+        .split_whitespace()
+        .collect();
+    assert_eq!(cargo_deb, ["cargo", "deb", "--target", common::deb::TARGET]);
+
+    let Some(node) = Node::boot("readme") else {
+        return;
+    };
+    let name = format!("redis-node-tuner_{}-1_amd64.deb", env!("CARGO_PKG_VERSION"));
+    std::fs::copy(deb(), node.rootfs(&format!("root/{name}"))).expect("copy the .deb");
+    let mut ran = 0;
+    for line in blocks[1]
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    {
+        let o = node.sh(&format!("cd /root && {line}"));
+        let want = if line.contains("redis-node-tuner check") {
+            1
+        } else {
+            0
+        };
+        eprintln!("node$ {line}\n{}", tail(&text(&o), 12));
+        assert_eq!(o.status.code(), Some(want), "{line}: {}", text(&o));
+        if line.starts_with("systemctl status") {
+            let out = String::from_utf8_lossy(&o.stdout);
+            assert!(out.contains("active (running)"), "{out}");
+        }
+        if line.starts_with("curl") {
+            assert!(!o.stdout.is_empty(), "/readyz answered nothing");
+        }
+        ran += 1;
+    }
+    assert_eq!(ran, 5, "the node block's five commands");
+    assert_tuned(&node);
+    node.finish();
+}

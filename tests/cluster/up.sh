@@ -73,7 +73,8 @@ for c in /sys/fs/cgroup/*/ /sys/fs/cgroup/unified/; do
 done
 
 # kube-apiserver (test build, embedded etcd) with a token for the node (Node authorizer,
-# NodeRestriction) next to the admin's.
+# NodeRestriction) next to the admin's; MutatingAdmissionPolicy (beta, off by default in 1.35)
+# on, for the test's stand-in of kube-proxy when it runs the README's quickstarts as written.
 mkdir -p "$D/apiserver"
 admin=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 nodetok=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -82,6 +83,8 @@ printf '%s,admin,admin,"system:masters"\n%s,system:node:%s,node-%s,"system:nodes
   "$admin" "$nodetok" "$NODE" "$NODE" >"$D/tokens.csv"
 chmod 600 "$D/tokens.csv" "$D/apiserver/admin.token"
 setsid "$API_BIN" -dir "$D/apiserver" -port "$API_PORT" -- --token-auth-file="$D/tokens.csv" \
+  --feature-gates=MutatingAdmissionPolicy=true \
+  --runtime-config=admissionregistration.k8s.io/v1beta1=true \
   >"$LOGS/apiserver.stdout" 2>>"$LOGS/apiserver.log" </dev/null &
 echo $! >"$D/pids/apiserver.pid"
 wait_for 180 "kube-apiserver ready on 127.0.0.1:$API_PORT" test -f "$D/apiserver/ready"

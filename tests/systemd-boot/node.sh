@@ -16,7 +16,7 @@ set -euo pipefail
 
 SUITE=bookworm
 MIRROR=${REDIS_NODE_TUNER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-PACKAGES=systemd,dbus,redis-server,procps,iproute2
+PACKAGES=systemd,dbus,redis-server,procps,iproute2,curl,sudo
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/redis-node-tuner
 # The pristine tar is keyed by everything that goes into it.
 KEY=$(printf '%s\n' "debootstrap --variant=minbase" "$SUITE" "$MIRROR" "$PACKAGES" "apt clean, no lists" |
