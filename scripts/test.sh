@@ -12,6 +12,7 @@ phase() { local t=$SECONDS; "$@"; echo "test.sh: $* took $((SECONDS - t)) s (tot
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v promtool >/dev/null || need+=(prometheus)           # promtool and the prometheus server
+command -v amtool >/dev/null || need+=(prometheus-alertmanager)  # amtool check-config of the inhibit rules
 command -v ip >/dev/null || need+=(iproute2)
 command -v podman >/dev/null || need+=(podman buildah)
 command -v runc >/dev/null || need+=(runc)                     # crun fails on these machines

@@ -622,6 +622,20 @@ fn values_change_what_they_should_and_a_profile_change_rolls_the_daemonset() {
         )
     );
 
+    // The alerts read the condition of the type the agent writes (kube-state-metrics'
+    // kube_node_status_condition{condition}); the default keeps RedisKernelTuned.
+    let rule_text = |set: &[&str]| {
+        let objs = by_kind_name(objects(&render_ok(NS, &[], set)));
+        serde_json::to_string(&objs["PrometheusRule/redis-node-tuner"]).expect("json")
+    };
+    assert!(rule_text(&[]).contains("condition=\\\"RedisKernelTuned\\\""));
+    let custom = rule_text(&["conditionType=example.com/Tuned"]);
+    assert!(
+        custom.contains("condition=\\\"example.com/Tuned\\\"")
+            && !custom.contains("RedisKernelTuned"),
+        "{custom}"
+    );
+
     // Another namespace: every namespaced object and the policies' user name follow it.
     let other = objects(&render_ok("tuning", &[], &[]));
     for o in &other {
