@@ -874,10 +874,9 @@ fn readme_blocks(heading: &str) -> Vec<String> {
 #[test]
 fn the_readme_bare_metal_quickstart_runs_as_written() {
     let blocks = readme_blocks("## Bare-metal quickstart (systemd)");
-    assert_eq!(
-        blocks.len(),
-        2,
-        "a build block and a node block: {blocks:#?}"
+    assert!(
+        blocks.len() >= 2,
+        "a build block and a node block first: {blocks:#?}"
     );
     assert!(
         blocks[0]
