@@ -204,7 +204,7 @@ pub enum Command {
         #[arg(long, env = "REDIS_NODE_TUNER_STALL_TIMEOUT")]
         stall_timeout: Option<String>,
     },
-    /// Remove the agent's label, taint and condition from a Node (for uninstall).
+    /// Remove the agent's label, taint, condition and annotations from a Node (for uninstall).
     Cleanup,
     /// The fleet view (with a kubeconfig): every Node the agent marks, one row each (ready or
     /// not, reason, drifted and contested knobs, last writer, agent version, heartbeat age),
@@ -648,7 +648,7 @@ fn cleanup(cli: &Cli) -> Exit {
         {
             Ok(()) => {
                 println!(
-                    "removed label, taint and condition {} of redis-node-tuner from node {node}",
+                    "removed label, taint, condition {} and annotations of redis-node-tuner from node {node}",
                     cli.condition_type
                 );
                 Exit::Ok
@@ -756,5 +756,40 @@ fn daemon(
                 DaemonError::LockUnavailable(_) => Exit::LockUnavailable,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<std::ffi::OsString> {
+        a.iter().map(Into::into).collect()
+    }
+
+    #[test]
+    fn invoked_as_the_kubectl_plugin_the_binary_is_status() {
+        let plugin = "/home/u/.krew/bin/kubectl-redis_node_tuner";
+        assert_eq!(
+            plugin_args(args(&[plugin, "-o", "json"])),
+            args(&["redis-node-tuner", "status", "-o", "json"])
+        );
+        assert_eq!(
+            plugin_args(args(&[plugin])),
+            args(&["redis-node-tuner", "status"])
+        );
+        // Named again, or the version: as given.
+        for given in [&[plugin, "status", "-l", "a=b"][..], &[plugin, "--version"]] {
+            assert_eq!(plugin_args(args(given)), args(given));
+        }
+        // Any other name: as given.
+        let own = ["/usr/bin/redis-node-tuner", "check"];
+        assert_eq!(plugin_args(args(&own)), args(&own));
+        assert_eq!(plugin_args(vec![]), Vec::<std::ffi::OsString>::new());
+        let parsed = Cli::try_parse_from(plugin_args(args(&[plugin, "-l", "pool=redis"])));
+        assert!(
+            matches!(parsed, Ok(Cli { command: Command::Status { selector: Some(ref s), .. }, .. }) if s == "pool=redis"),
+            "{parsed:?}"
+        );
     }
 }

@@ -29,6 +29,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const LAST_WRITER_MIN_INTERVAL: Duration = Duration::from_secs(60);
 /// The same writer of the same knob refreshes the annotation's time at most this often.
 pub const LAST_WRITER_REFRESH: Duration = Duration::from_secs(3600);
+/// After the admission policy refused the annotations (a policy older than the agent), the agent
+/// writes its label without changing them, and tries them again after this long.
+pub const REFUSED_RETRY: Duration = Duration::from_secs(3600);
 /// Longest string field of [`LastWriter`] (a cgroup path, a pod UID): the annotation stays
 /// well under the 1 KiB the admission policy allows.
 const FIELD_MAX: usize = 160;
@@ -153,6 +156,15 @@ pub fn desired(node: &Node, last_writer: Option<&LastWriter>) -> BTreeMap<String
         out.insert(LAST_WRITER_ANNOTATION.to_string(), w);
     }
     out
+}
+
+/// The agent's annotations as the node shows them: an apply of these changes nothing (what is
+/// applied while an older admission policy refuses the annotations).
+pub fn current(node: &Node) -> BTreeMap<String, String> {
+    [VERSION_ANNOTATION, LAST_WRITER_ANNOTATION]
+        .iter()
+        .filter_map(|k| annotation(node, k).map(|v| (k.to_string(), v.to_string())))
+        .collect()
 }
 
 /// Whether the node already shows every annotation of `want`.

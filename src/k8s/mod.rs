@@ -103,6 +103,13 @@ impl GateError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, GateError::Api { source: kube::Error::Api(s), .. } if s.code == 404)
     }
+
+    /// Whether the error is a 403 that names annotations: an own-node admission policy older
+    /// than the agent's annotations refusing them.
+    pub fn is_annotations_refused(&self) -> bool {
+        matches!(self, GateError::Api { source: kube::Error::Api(s), .. }
+            if s.code == 403 && s.message.contains("annotations"))
+    }
 }
 
 /// How the gate is configured.

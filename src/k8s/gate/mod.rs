@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 
-use super::annotations::{self, LAST_WRITER_ANNOTATION, LAST_WRITER_MIN_INTERVAL, LastWriter};
+use super::annotations::{
+    self, LAST_WRITER_ANNOTATION, LAST_WRITER_MIN_INTERVAL, LastWriter, REFUSED_RETRY,
+};
 use super::events::{Queue, event_for, node_ready};
 use super::marks::{
     Heartbeat, MESSAGE_MAX, Reason, condition_update, desired_marks, is_older, label_matches,
@@ -78,6 +80,9 @@ pub struct Gate<A: NodeApi> {
     /// when the gate last wrote one.
     last_writer: Option<LastWriter>,
     last_writer_written: Option<Instant>,
+    /// When the admission policy last refused the annotations (an older policy): the label is
+    /// written without changing them until [`REFUSED_RETRY`] has passed.
+    annotations_refused: Option<Instant>,
 }
 
 impl<A: NodeApi> Gate<A> {
@@ -106,6 +111,7 @@ impl<A: NodeApi> Gate<A> {
             queue_dropped_seen: 0,
             last_writer: None,
             last_writer_written: None,
+            annotations_refused: None,
             opts,
         }
     }
@@ -235,7 +241,7 @@ impl<A: NodeApi> Gate<A> {
             return now + self.opts.heartbeat;
         }
         // A new writer held back by the annotation's rate limit is written when it ends.
-        let writer = self.pending_writer().and_then(|_| {
+        let writer = self.pending_writer(now).and_then(|_| {
             self.last_writer_written
                 .map(|t| (t + LAST_WRITER_MIN_INTERVAL).max(now + Duration::from_millis(100)))
         });
@@ -272,13 +278,23 @@ impl<A: NodeApi> Gate<A> {
 
     /// A named writer the node does not show yet (whether or not the rate limit lets it be
     /// written now).
-    fn pending_writer(&self) -> Option<&LastWriter> {
+    fn pending_writer(&self, now: Instant) -> Option<&LastWriter> {
+        if self.refusing_annotations(now) {
+            return None;
+        }
         let seen = self.last_writer.as_ref()?;
         let shown = self
             .node
             .as_ref()
             .and_then(|n| annotations::annotation(n, LAST_WRITER_ANNOTATION));
         annotations::last_writer_update(shown, Some(seen), None).map(|_| seen)
+    }
+
+    /// Whether the annotations were refused by the admission policy less than
+    /// [`REFUSED_RETRY`] ago.
+    fn refusing_annotations(&self, now: Instant) -> bool {
+        self.annotations_refused
+            .is_some_and(|t| now.saturating_duration_since(t) < REFUSED_RETRY)
     }
 
     /// Graceful stop: the condition says Unknown / AgentStopped; label and taint stay, so a
@@ -408,12 +424,32 @@ impl<A: NodeApi> Gate<A> {
             self.last_writer_written
                 .map(|t| now.saturating_duration_since(t)),
         );
-        let want_annotations = annotations::desired(&node, writer.as_ref());
+        let refusing = self.refusing_annotations(now);
+        let want_annotations = if refusing {
+            annotations::current(&node)
+        } else {
+            annotations::desired(&node, writer.as_ref())
+        };
         if !label_matches(&node, want.label) || !annotations::matches(&node, &want_annotations) {
-            let mut n = self.api.apply_label(want.label, &want_annotations).await?;
-            if writer.is_some() {
-                self.last_writer_written = Some(now);
-            }
+            let mut n = match self.api.apply_label(want.label, &want_annotations).await {
+                // An admission policy older than the annotations: the label (the gate) must not
+                // wait for them. Applied again without changing them; tried again later.
+                Err(e) if e.is_annotations_refused() && !refusing => {
+                    tracing::warn!(error = %e, retry_in_s = REFUSED_RETRY.as_secs(),
+                        "the admission policy refuses the agent's annotations (apply the policy of this version); marks are written without them");
+                    self.annotations_refused = Some(now);
+                    self.api
+                        .apply_label(want.label, &annotations::current(&node))
+                        .await?
+                }
+                r => {
+                    let n = r?;
+                    if writer.is_some() && !refusing {
+                        self.last_writer_written = Some(now);
+                    }
+                    n
+                }
+            };
             if !want.label
                 && n.metadata
                     .labels

@@ -17,6 +17,8 @@ use crate::profile::Mode;
 enum Fault {
     Timeout,
     Forbidden,
+    /// The 403 of an admission policy older than the agent's annotations.
+    AnnotationsRefused,
 }
 
 /// A Node held in memory; every request is recorded as one line.
@@ -90,6 +92,19 @@ impl Fake {
                         .boxed(),
                 ),
             }),
+            Some(Fault::AnnotationsRefused) => Err(GateError::Api {
+                node: "n1".into(),
+                source: kube::Error::Api(
+                    kube::core::Status::failure(
+                        "nodes \"n1\" is forbidden: ValidatingAdmissionPolicy \
+                         'redis-node-tuner-own-node-marks' denied request: redis-node-tuner may \
+                         not change a Node's annotations, owner references or finalizers",
+                        "Forbidden",
+                    )
+                    .with_code(403)
+                    .boxed(),
+                ),
+            }),
         }
     }
 
@@ -111,13 +126,22 @@ impl NodeApi for Fake {
         on: bool,
         annotations: &std::collections::BTreeMap<String, String>,
     ) -> Result<Node, GateError> {
-        // The version annotation (on every node the fake starts with) is left out of the line.
+        // The version annotation (on every node the fake starts with) is said only when it
+        // changes.
+        let version = crate::k8s::annotations::VERSION_ANNOTATION;
+        let shown =
+            crate::k8s::annotations::annotation(&self.node.borrow(), version).map(String::from);
+        let version = if annotations.get(version) != shown.as_ref() {
+            " +version"
+        } else {
+            ""
+        };
         let writer = annotations
             .get(LAST_WRITER_ANNOTATION)
             .and_then(|v| LastWriter::parse(v))
             .map(|w| format!(" writer={}:{}", w.comm, w.knob))
             .unwrap_or_default();
-        self.request(format!("apply label={on}{writer}"))?;
+        self.request(format!("apply label={on}{version}{writer}"))?;
         {
             let mut n = self.node.borrow_mut();
             n.metadata.annotations = Some(annotations.clone());
@@ -267,6 +291,10 @@ async fn started(fake: Fake, r: Arc<Report>) -> (Gate<Fake>, Instant) {
     let node = g.api.node.borrow().clone();
     g.on_node(Some(node), t0).await;
     (g, t0)
+}
+
+fn is_labelled(g: &Gate<Fake>) -> bool {
+    label_matches(&g.api.node.borrow(), true)
 }
 
 /// The node's condition types, in order.
@@ -423,7 +451,7 @@ async fn an_agent_of_another_version_says_so_once_with_its_first_metadata_write(
     let log = g.api.take_log();
     assert_eq!(
         log.first().map(String::as_str),
-        Some("apply label=false"),
+        Some("apply label=false +version"),
         "{log:?}"
     );
     assert_eq!(
@@ -435,6 +463,38 @@ async fn an_agent_of_another_version_says_so_once_with_its_first_metadata_write(
     );
     g.on_report(untuned(), t0).await;
     assert!(g.api.take_log().is_empty());
+}
+
+#[tokio::test]
+async fn an_older_admission_policy_refusing_the_annotations_never_holds_the_label() {
+    let fake = Fake::with_node(vec![ours("NoSchedule")]);
+    fake.node.borrow_mut().metadata.annotations = None;
+    fake.faults
+        .borrow_mut()
+        .push_back(Fault::AnnotationsRefused);
+    let (mut g, t0) = started(fake, tuned()).await;
+    let log = g.api.take_log();
+    // Refused with the version: applied again at once without changing the annotations.
+    assert_eq!(
+        log[..3],
+        [
+            "apply label=true +version",
+            "apply label=true",
+            "taints rv=2 []"
+        ],
+        "{log:?}"
+    );
+    assert!(is_labelled(&g));
+    // Within the hour nothing is tried again; a named writer waits too (no wake-up for it).
+    g.on_event(&corrected_by("sysctl", "thp.enabled"), t0).await;
+    g.on_report(tuned(), t0 + Duration::from_secs(120)).await;
+    assert_eq!(g.api.take_log(), ["event DriftCorrected"]);
+    // An hour later: the annotations again (the policy was updated meanwhile).
+    g.on_report(tuned(), t0 + REFUSED_RETRY).await;
+    assert_eq!(
+        g.api.take_log(),
+        ["apply label=true +version writer=sysctl:thp.enabled"]
+    );
 }
 
 #[tokio::test]
