@@ -25,6 +25,15 @@ pub enum LockPolicy {
     Exit,
 }
 
+/// `status --output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusOutput {
+    /// An aligned table and a summary line (`text` is taken too).
+    #[value(alias = "text")]
+    Table,
+    Json,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -105,7 +114,7 @@ pub struct Cli {
     pub kube_timeout: String,
     /// Kubernetes mode: type of the agent's Node condition, a qualified name (e.g.
     /// redis-node-tuner.io/KernelTuned for node-readiness-controller); `cleanup` removes this
-    /// type.
+    /// type, `status` reads it.
     #[arg(
         long,
         global = true,
@@ -195,8 +204,45 @@ pub enum Command {
         #[arg(long, env = "REDIS_NODE_TUNER_STALL_TIMEOUT")]
         stall_timeout: Option<String>,
     },
-    /// Remove the agent's label, taint and condition from a Node (for uninstall).
+    /// Remove the agent's label, taint, condition and annotations from a Node (for uninstall).
     Cleanup,
+    /// The fleet view (with a kubeconfig): every Node the agent marks, one row each (ready or
+    /// not, reason, drifted and contested knobs, last writer, agent version, heartbeat age),
+    /// problems first; exit 10 when a node listed is not ready. Also `kubectl redis-node-tuner`.
+    Status {
+        /// Output format.
+        #[arg(
+            short,
+            long,
+            env = "REDIS_NODE_TUNER_OUTPUT",
+            value_enum,
+            default_value = "table"
+        )]
+        output: StatusOutput,
+        /// Label selector passed to the API (e.g. pool=redis): every node it picks is listed,
+        /// those without any mark of the agent as `unmarked` (the agent never ran there).
+        #[arg(
+            short = 'l',
+            long,
+            env = "REDIS_NODE_TUNER_SELECTOR",
+            value_name = "SELECTOR"
+        )]
+        selector: Option<String>,
+        /// List every node, those without any mark as `unmarked`.
+        #[arg(long, env = "REDIS_NODE_TUNER_ALL_NODES")]
+        all: bool,
+        /// The agents' --heartbeat: a condition not rewritten for twice this long is stale.
+        #[arg(long, env = "REDIS_NODE_TUNER_HEARTBEAT", default_value = "5m")]
+        heartbeat: String,
+        /// Nodes per page of the list (1..=5000).
+        #[arg(
+            long,
+            env = "REDIS_NODE_TUNER_CHUNK_SIZE",
+            default_value_t = crate::status::DEFAULT_CHUNK_SIZE,
+            value_parser = clap::value_parser!(u32).range(1..=5000)
+        )]
+        chunk_size: u32,
+    },
     /// Block until the kernel, as this process sees it, is what Redis needs (an init container
     /// of Redis pods: no privilege, no API access); exit 9 after --timeout.
     Wait {
@@ -300,9 +346,33 @@ fn kube_mode(cli: &Cli) -> Result<Option<KubeMode>, String> {
     }))
 }
 
+/// The name kubectl finds a plugin by: `kubectl redis-node-tuner` runs
+/// `kubectl-redis_node_tuner` from $PATH (a symlink to this binary).
+pub const KUBECTL_PLUGIN: &str = "kubectl-redis_node_tuner";
+
+/// The command line as parsed: invoked as [`KUBECTL_PLUGIN`] (its argv[0]'s file name), the
+/// binary is `redis-node-tuner status` (so `kubectl redis-node-tuner -o json` is `status -o
+/// json`); a first argument `status`, `--help`, `-h`, `--version` or `-V` is taken as given.
+pub fn plugin_args(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let plugin = args.first().is_some_and(|a0| {
+        std::path::Path::new(a0)
+            .file_name()
+            .is_some_and(|n| n == KUBECTL_PLUGIN)
+    });
+    let explicit = args
+        .get(1)
+        .is_some_and(|a| ["status", "--version", "-V"].iter().any(|w| a == w));
+    if !plugin || explicit {
+        return args;
+    }
+    let mut out = vec!["redis-node-tuner".into(), "status".into()];
+    out.extend(args.into_iter().skip(1));
+    out
+}
+
 /// The binary's entry point.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(plugin_args(std::env::args_os().collect())) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -398,6 +468,9 @@ pub fn run_cli(cli: Cli) -> Exit {
     }
     if let Command::Cleanup = &cli.command {
         return cleanup(&cli);
+    }
+    if let Command::Status { .. } = &cli.command {
+        return status(&cli);
     }
     if let Err(msg) = kube_timeout(&cli) {
         eprintln!("error: {msg}");
@@ -496,6 +569,7 @@ pub fn run_cli(cli: Cli) -> Exit {
             )
         }
         Command::Cleanup => cleanup(&cli),
+        Command::Status { .. } => status(&cli),
         Command::Wait {
             tcp_backlog,
             timeout,
@@ -574,7 +648,7 @@ fn cleanup(cli: &Cli) -> Exit {
         {
             Ok(()) => {
                 println!(
-                    "removed label, taint and condition {} of redis-node-tuner from node {node}",
+                    "removed label, taint, condition {} and annotations of redis-node-tuner from node {node}",
                     cli.condition_type
                 );
                 Exit::Ok
@@ -589,6 +663,66 @@ fn cleanup(cli: &Cli) -> Exit {
             }
         }
     })
+}
+
+/// `status`: the fleet view.
+fn status(cli: &Cli) -> Exit {
+    let Command::Status {
+        output,
+        selector,
+        all,
+        heartbeat,
+        chunk_size,
+    } = &cli.command
+    else {
+        return Exit::Usage;
+    };
+    let Some(period) = profile::parse_duration(heartbeat).filter(|d| d.as_secs() >= 1) else {
+        eprintln!("error: --heartbeat {heartbeat:?}: expected a duration of at least 1s (e.g. 5m)");
+        return Exit::Usage;
+    };
+    let request_timeout = match kube_timeout(cli) {
+        Ok(t) => t,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return Exit::Usage;
+        }
+    };
+    let opts = crate::status::ListOptions {
+        kubeconfig: cli.kubeconfig.clone(),
+        selector: selector.clone().filter(|s| !s.is_empty()),
+        chunk_size: *chunk_size,
+        request_timeout,
+    };
+    let view = crate::status::View {
+        condition_type: cli.condition_type.clone(),
+        stale_after: period.saturating_mul(crate::status::STALE_PERIODS),
+        unmarked: *all || opts.selector.is_some(),
+        now: k8s_openapi::jiff::Timestamp::now(),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return e,
+    };
+    match rt.block_on(crate::status::list(&opts, &view)) {
+        Ok(rows) => {
+            let text = match output {
+                StatusOutput::Table if rows.is_empty() => {
+                    "No node carries a mark of redis-node-tuner (label, taint or condition).\n"
+                        .to_string()
+                }
+                StatusOutput::Table => crate::status::render_table(&rows, view.now),
+                StatusOutput::Json => crate::status::render_json(&rows, &view) + "\n",
+            };
+            // A closed pipe (`| head`) is no error worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes());
+            crate::status::exit(&rows)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit()
+        }
+    }
 }
 
 fn daemon(
@@ -622,5 +756,40 @@ fn daemon(
                 DaemonError::LockUnavailable(_) => Exit::LockUnavailable,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<std::ffi::OsString> {
+        a.iter().map(Into::into).collect()
+    }
+
+    #[test]
+    fn invoked_as_the_kubectl_plugin_the_binary_is_status() {
+        let plugin = "/home/u/.krew/bin/kubectl-redis_node_tuner";
+        assert_eq!(
+            plugin_args(args(&[plugin, "-o", "json"])),
+            args(&["redis-node-tuner", "status", "-o", "json"])
+        );
+        assert_eq!(
+            plugin_args(args(&[plugin])),
+            args(&["redis-node-tuner", "status"])
+        );
+        // Named again, or the version: as given.
+        for given in [&[plugin, "status", "-l", "a=b"][..], &[plugin, "--version"]] {
+            assert_eq!(plugin_args(args(given)), args(given));
+        }
+        // Any other name: as given.
+        let own = ["/usr/bin/redis-node-tuner", "check"];
+        assert_eq!(plugin_args(args(&own)), args(&own));
+        assert_eq!(plugin_args(vec![]), Vec::<std::ffi::OsString>::new());
+        let parsed = Cli::try_parse_from(plugin_args(args(&[plugin, "-l", "pool=redis"])));
+        assert!(
+            matches!(parsed, Ok(Cli { command: Command::Status { selector: Some(ref s), .. }, .. }) if s == "pool=redis"),
+            "{parsed:?}"
+        );
     }
 }

@@ -29,6 +29,11 @@ pub enum Exit {
     LockUnavailable = 8,
     /// `wait`: the kernel, as the pod sees it, was not in sync by `--timeout`.
     WaitTimeout = 9,
+    /// `status`: a node listed is not ready, stale, unknown, without the agent or unmarked.
+    FleetNotReady = 10,
+    /// `status`: the Kubernetes API could not be read (unreachable, refused, timed out, or
+    /// credentials that cannot be had).
+    Api = 11,
 }
 
 impl From<Exit> for ExitCode {

@@ -6,9 +6,11 @@
 //! agent's own Pod, that it runs on host networking reaches the kernel layer through
 //! [`daemon`], which runs the enforce pass on its own thread, the reporters on the runtime, and
 //! supervises both. [`cli`] parses and dispatches; [`commands`] holds `check`, `apply`,
-//! `restore`; [`wait`] is the init-container gate of Redis pods; [`backoff`] is shared by the agent and the gate. [`writers`], the optional writer
-//! watch of `run` (BPF), names the process behind each foreign write and wakes the enforce pass
-//! at once; its attribution rides on the pass's events to the reporters.
+//! `restore`; [`wait`] is the init-container gate of Redis pods; [`status`] is the fleet view
+//! (every marked Node's state, from the Node objects alone); [`backoff`] is shared by the agent
+//! and the gate. [`writers`], the optional writer watch of `run` (BPF), names the process behind
+//! each foreign write and wakes the enforce pass at once; its attribution rides on the pass's
+//! events to the reporters.
 //!
 //! The larger layers are folders, one responsibility a file: [`profile`] (the model apart from
 //! the YAML validator and sysctl names), [`kernel`] (knob locations, targets and their I/O apart
@@ -32,6 +34,7 @@ pub mod notify;
 pub mod procs;
 pub mod profile;
 pub mod reconcile;
+pub mod status;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod wait;

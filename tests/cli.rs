@@ -340,6 +340,42 @@ fn usage_errors_exit_2_and_version_exits_0() {
 }
 
 #[test]
+fn named_kubectl_redis_node_tuner_the_binary_is_status_and_its_usage_errors_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugin = dir.path().join("kubectl-redis_node_tuner");
+    std::os::unix::fs::symlink(BIN, &plugin).expect("symlink");
+    let run = |args: &[&str]| {
+        Out::of(
+            std::process::Command::new(&plugin)
+                .env_clear()
+                .args(args)
+                .output()
+                .expect("run the plugin"),
+        )
+    };
+    let help = run(&["--help"]);
+    assert_eq!(help.code, 0, "{help:?}");
+    assert!(
+        help.stdout.contains("Usage: redis-node-tuner status")
+            && help.stdout.contains("--selector"),
+        "{help:?}"
+    );
+    // status itself: a kubeconfig that does not read is a usage error, named.
+    let missing = dir.path().join("missing.kubeconfig");
+    let o = run(&["--kubeconfig", &missing.to_string_lossy()]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(o.stderr.contains("missing.kubeconfig"), "{o:?}");
+    assert_eq!(run(&["-o", "yaml"]).code, 2);
+    assert_eq!(run(&["--chunk-size", "0"]).code, 2);
+    assert_eq!(run(&["--heartbeat", "soon"]).code, 2);
+    let v = run(&["--version"]);
+    assert_eq!(v.code, 0, "{v:?}");
+    // Under its own name the binary wants a command.
+    let t = Tree::untuned();
+    assert_eq!(t.run(&["-o", "json"]).code, 2);
+}
+
+#[test]
 fn a_running_daemon_locks_the_state_dir_apply_restore_and_run_exit_6_changing_nothing() {
     let t = Tree::untuned();
     assert_eq!(t.run(&["apply"]).code, 0);

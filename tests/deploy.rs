@@ -6,7 +6,9 @@
 //! the NodeReadinessRule example against node-readiness-controller's CRD (tests/fixtures).
 
 mod common;
-use common::apiserver::{ApiServer, condition, label, taint_keys};
+use common::apiserver::{
+    ApiServer, LAST_WRITER_ANNOTATION, VERSION_ANNOTATION, condition, label, taint_keys,
+};
 use common::*;
 
 use std::collections::BTreeSet;
@@ -911,6 +913,7 @@ fn admission_policy_confines_the_agent_to_its_own_nodes_label_taint_and_conditio
             "a label through nodes/status on db-a",
             "may set only the label redis-node-tuner.io/ready",
         );
+        let only_ours = "may set (at most 1024 characters) or remove only its annotations";
         assert_denied(
             nodes
                 .patch(
@@ -920,7 +923,57 @@ fn admission_policy_confines_the_agent_to_its_own_nodes_label_taint_and_conditio
                 )
                 .await,
             "an annotation on db-a",
-            "may not change a Node's annotations",
+            only_ours,
+        );
+        // Its own annotations (what `status` reads), applied with the label as `run` does,
+        // and removed by a merge patch as `cleanup` does; not too long.
+        let annotated = |annotations: Value| {
+            Patch::Apply(json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": "db-a", "labels": {LABEL: "true"}, "annotations": annotations}}))
+        };
+        allowed(
+            nodes
+                .patch(
+                    "db-a",
+                    &apply,
+                    &annotated(json!({VERSION_ANNOTATION: "0.1.0",
+                        LAST_WRITER_ANNOTATION: r#"{"knob":"thp.enabled","comm":"tuned"}"#})),
+                )
+                .await,
+            "its annotations on db-a",
+        );
+        assert_denied(
+            nodes
+                .patch(
+                    "db-a",
+                    &apply,
+                    &annotated(json!({VERSION_ANNOTATION: "x".repeat(1025)})),
+                )
+                .await,
+            "an oversized annotation of its own on db-a",
+            only_ours,
+        );
+        assert_denied(
+            nodes
+                .patch(
+                    "db-a",
+                    &apply,
+                    &annotated(json!({VERSION_ANNOTATION: "0.1.0", "example.com/x": "y"})),
+                )
+                .await,
+            "another annotation applied with its own on db-a",
+            only_ours,
+        );
+        allowed(
+            nodes
+                .patch(
+                    "db-a",
+                    &plain,
+                    &Patch::Merge(json!({"metadata": {"labels": {LABEL: null},
+                        "annotations": {VERSION_ANNOTATION: null, LAST_WRITER_ANNOTATION: null}}})),
+                )
+                .await,
+            "removing its label and annotations (merge) on db-a",
         );
 
         // `redis-node-tuner cleanup`: its condition deleted by a strategic-merge directive.

@@ -5,7 +5,8 @@
 
 mod common;
 use common::apiserver::{
-    ApiServer, COND, LABEL, TAINT, condition, is_ready_marked, startup_taint, taint_keys,
+    ApiServer, COND, LABEL, TAINT, VERSION_ANNOTATION, condition, is_ready_marked, startup_taint,
+    taint_keys,
 };
 use common::*;
 
@@ -332,6 +333,11 @@ fn every_write_of_the_agent_is_owned_by_its_field_manager() {
     );
     assert_eq!(owner("f:taints"), ["redis-node-tuner"], "{fields:#?}");
     assert_eq!(owner(LABEL), ["redis-node-tuner"], "{fields:#?}");
+    assert_eq!(
+        owner(VERSION_ANNOTATION),
+        ["redis-node-tuner"],
+        "{fields:#?}"
+    );
 }
 
 #[test]

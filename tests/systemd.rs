@@ -317,6 +317,7 @@ fn deb_installs_binary_unit_config_and_man_page_then_removes_cleanly() {
         "./usr/lib/systemd/system/valkey.service.d/redis-node-tuner.conf",
         "./usr/lib/systemd/system/valkey@.service.d/redis-node-tuner.conf",
         "./usr/share/redis-node-tuner/writer-watch.conf",
+        "./usr/bin/kubectl-redis_node_tuner -> redis-node-tuner",
     ] {
         assert!(
             contents
@@ -356,6 +357,10 @@ fn deb_installs_binary_unit_config_and_man_page_then_removes_cleanly() {
         String::from_utf8_lossy(&o.stdout).trim(),
         format!("redis-node-tuner {}", env!("CARGO_PKG_VERSION"))
     );
+    // The kubectl plugin's name is `status` (a symlink to the binary).
+    let o = output(Command::new("/usr/bin/kubectl-redis_node_tuner").arg("--help"));
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("Usage: redis-node-tuner status"));
     for args in [&["check"][..], &["--config", INSTALLED_CONFIG, "check"]] {
         let o = output(Command::new(INSTALLED_BIN).args(args));
         assert!(matches!(o.status.code(), Some(0 | 1)), "check {}", text(&o));
@@ -395,6 +400,7 @@ fn deb_installs_binary_unit_config_and_man_page_then_removes_cleanly() {
     let o = output(Command::new("dpkg").args(["-r", "redis-node-tuner"]));
     assert!(o.status.success(), "dpkg -r");
     assert!(!Path::new(INSTALLED_BIN).exists());
+    assert!(!Path::new("/usr/bin/kubectl-redis_node_tuner").exists());
     assert!(!Path::new(INSTALLED_UNIT).exists());
     assert!(
         Path::new(INSTALLED_CONFIG).exists(),

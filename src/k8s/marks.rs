@@ -61,6 +61,57 @@ pub struct Marks {
     pub message: String,
 }
 
+/// Where the list of knobs out of sync starts in the condition's message (`CorrectionFailed`,
+/// `AuditDrift`); read back by [`parse_drifted`].
+pub const NOT_IN_SYNC: &str = "not in sync: ";
+/// The start of a `Contested` message; the knobs follow, read back by [`parse_contested`].
+pub const CONTESTED_PREFIX: &str =
+    "in sync, but rewritten by something else on every pass and corrected: ";
+
+/// A knob out of sync as the condition's message lists it: `name=actual (want desired)`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Drifted {
+    pub name: String,
+    pub actual: String,
+    /// `None` when the message was cut short (it is truncated at [`MESSAGE_MAX`]).
+    pub want: Option<String>,
+}
+
+/// The knobs out of sync a `CorrectionFailed` or `AuditDrift` message lists (empty for any
+/// other message).
+pub fn parse_drifted(message: &str) -> Vec<Drifted> {
+    let Some((_, list)) = message.split_once(NOT_IN_SYNC) else {
+        return vec![];
+    };
+    list.split("), ")
+        .filter_map(|item| {
+            let (name, rest) = item.split_once('=')?;
+            let (actual, want) = match rest.split_once(" (want ") {
+                Some((a, w)) => (a, Some(w.strip_suffix(')').unwrap_or(w).to_string())),
+                None => (rest, None),
+            };
+            Some(Drifted {
+                name: name.to_string(),
+                actual: actual.to_string(),
+                want,
+            })
+        })
+        .collect()
+}
+
+/// The knobs a `Contested` message names (empty for any other message).
+pub fn parse_contested(message: &str) -> Vec<String> {
+    message
+        .strip_prefix(CONTESTED_PREFIX)
+        .map(|l| {
+            l.split(", ")
+                .filter(|k| !k.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn list<'a>(knobs: impl Iterator<Item = &'a crate::agent::KnobReport>) -> String {
     knobs
         .map(|k| {
@@ -96,7 +147,7 @@ pub fn desired_marks(report: &Report) -> Marks {
             taint: true,
             status: "False",
             reason: Reason::CorrectionFailed,
-            message: format!("not in sync: {}", list(report.failing())),
+            message: format!("{NOT_IN_SYNC}{}", list(report.failing())),
         };
     }
     let contested: Vec<&str> = report
@@ -108,10 +159,7 @@ pub fn desired_marks(report: &Report) -> Marks {
     let (reason, message) = if !contested.is_empty() {
         (
             Reason::Contested,
-            format!(
-                "in sync, but rewritten by something else on every pass and corrected: {}",
-                contested.join(", ")
-            ),
+            format!("{CONTESTED_PREFIX}{}", contested.join(", ")),
         )
     } else if let Some(why) = &report.lock_missing {
         (
@@ -136,7 +184,7 @@ pub fn desired_marks(report: &Report) -> Marks {
             (
                 Reason::AuditDrift,
                 format!(
-                    "every enforce-mode kernel setting is in sync; audit only, not in sync: {text}"
+                    "every enforce-mode kernel setting is in sync; audit only, {NOT_IN_SYNC}{text}"
                 ),
             )
         }
@@ -439,6 +487,58 @@ pub(crate) mod tests {
         let m = desired_marks(&report(true, vec![fought, audit]));
         assert_eq!((m.status, m.reason), ("True", Reason::Contested));
         assert!(m.message.ends_with(": thp.enabled"), "{m:?}");
+    }
+
+    #[test]
+    fn the_status_view_reads_back_the_knobs_the_messages_list() {
+        let r = report(
+            false,
+            vec![
+                knob("vm.overcommit_memory", "0", false, None),
+                knob("net.core.somaxconn", "128", false, None),
+                KnobReport {
+                    actual: None,
+                    ..knob("thp.enabled", "x", false, None)
+                },
+            ],
+        );
+        let m = desired_marks(&r);
+        let d = parse_drifted(&m.message);
+        let names: Vec<(&str, &str, Option<&str>)> = d
+            .iter()
+            .map(|k| (k.name.as_str(), k.actual.as_str(), k.want.as_deref()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("vm.overcommit_memory", "0", Some("1")),
+                ("net.core.somaxconn", "128", Some("1")),
+                ("thp.enabled", "unreadable", Some("1")),
+            ]
+        );
+        // Cut short by truncation: the last one keeps what there is.
+        assert_eq!(
+            parse_drifted("not in sync: a=0 (want 1), b=12")
+                .last()
+                .map(|k| (k.actual.as_str(), k.want.clone())),
+            Some(("12", None))
+        );
+        let mut audit = knob("vm.swappiness", "60", false, None);
+        audit.mode = Mode::Audit;
+        audit.desired = "10".into();
+        let m = desired_marks(&report(true, vec![audit]));
+        assert_eq!(parse_drifted(&m.message)[0].want.as_deref(), Some("10"));
+        let mut a = knob("thp.enabled", "never", true, None);
+        a.contested = true;
+        let mut b = knob("vm.overcommit_memory", "1", true, None);
+        b.contested = true;
+        let m = desired_marks(&report(true, vec![a, b]));
+        assert_eq!(
+            parse_contested(&m.message),
+            ["thp.enabled", "vm.overcommit_memory"]
+        );
+        assert!(parse_contested("every enforce-mode kernel setting is in sync").is_empty());
+        assert!(parse_drifted("every enforce-mode kernel setting is in sync").is_empty());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! API failures never stop enforcement.
 //!
 //! - [`marks`]: pure: the label, taint and condition a report asks for;
+//! - [`annotations`]: pure: the agent's version and last-writer annotations (for `status`);
 //! - [`condition_type`]: the condition's type (`--condition-type`), validated;
 //! - [`node_api`]: the requests (timeouts, field manager, counting, taint compare-and-swap);
 //! - [`events`]: Kubernetes events and their bounded queue;
@@ -11,6 +12,7 @@
 //! - [`reach`]: whether the API answers (one warning per outage, a gauge and a counter);
 //! - this file: options, the client, the task that drives the gate, and `cleanup`.
 
+pub mod annotations;
 pub mod condition_type;
 pub mod events;
 pub mod gate;
@@ -100,6 +102,13 @@ impl GateError {
     /// Whether the error is the API server's 404.
     pub fn is_not_found(&self) -> bool {
         matches!(self, GateError::Api { source: kube::Error::Api(s), .. } if s.code == 404)
+    }
+
+    /// Whether the error is a 403 that names annotations: an own-node admission policy older
+    /// than the agent's annotations refusing them.
+    pub fn is_annotations_refused(&self) -> bool {
+        matches!(self, GateError::Api { source: kube::Error::Api(s), .. }
+            if s.code == 403 && s.message.contains("annotations"))
     }
 }
 
@@ -554,7 +563,7 @@ async fn watch_node(
 }
 
 /// Removes every mark of the agent from a node: label, taint (any effect), condition (of type
-/// `condition_type`).
+/// `condition_type`), and its annotations (version, last writer).
 pub async fn cleanup(
     kubeconfig: Option<&std::path::Path>,
     node_name: &str,
@@ -565,13 +574,15 @@ pub async fn cleanup(
     let client = client(kubeconfig, request_timeout).await?;
     let api = KubeNodeApi::new(client, node_name, request_timeout, metrics);
     let node = api.get().await?;
-    if node
+    let labelled = node
         .metadata
         .labels
         .as_ref()
-        .is_some_and(|l| l.contains_key(LABEL))
-    {
-        api.remove_label().await?;
+        .is_some_and(|l| l.contains_key(LABEL));
+    let annotated = annotations::annotation(&node, annotations::VERSION_ANNOTATION).is_some()
+        || annotations::annotation(&node, annotations::LAST_WRITER_ANNOTATION).is_some();
+    if labelled || annotated {
+        api.remove_metadata(annotated).await?;
     }
     api.set_taint(None, None).await?;
     if our_condition(&node, condition_type).is_some() {

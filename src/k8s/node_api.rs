@@ -3,6 +3,7 @@
 //! and the request counter; the read-modify-write of the taint list (retried on conflict) is
 //! written once, on the trait, over its primitives.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use kube::api::{Api, Patch, PatchParams, WatchEvent, WatchParams};
 use kube::runtime::events::{Event as KEvent, Recorder, Reporter};
 use serde_json::json;
 
+use super::annotations::{LAST_WRITER_ANNOTATION, VERSION_ANNOTATION};
 use super::marks::{taints, taints_with};
 use super::{ConditionType, GateError, LABEL, MANAGER};
 use crate::metrics::{Metrics, RequestLabels};
@@ -25,8 +27,13 @@ pub const TAINT_ATTEMPTS: u32 = 8;
 pub trait NodeApi {
     /// GET of the Node.
     async fn get(&self) -> Result<Node, GateError>;
-    /// Server-side apply of the label: owned by our field manager, or released.
-    async fn apply_label(&self, on: bool) -> Result<Node, GateError>;
+    /// Server-side apply of the label (owned by our field manager, or released) and of the
+    /// agent's annotations (`annotations`: every one it owns; one left out is dropped).
+    async fn apply_label(
+        &self,
+        on: bool,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<Node, GateError>;
     /// Removes the label whoever set it (after `apply_label(false)` left another owner's copy).
     async fn remove_label(&self) -> Result<Node, GateError>;
     /// Replaces the taint list, only if the Node is still at `resource_version` (409 otherwise:
@@ -174,6 +181,22 @@ impl KubeNodeApi {
         }
     }
 
+    /// Removes the label whoever set it, and with `annotations` the agent's annotations too
+    /// (`cleanup`): one merge patch.
+    pub async fn remove_metadata(&self, annotations: bool) -> Result<Node, GateError> {
+        let mut metadata = json!({"labels": {LABEL: null}});
+        if annotations {
+            metadata["annotations"] =
+                json!({VERSION_ANNOTATION: null, LAST_WRITER_ANNOTATION: null});
+        }
+        let patch = Patch::Merge(json!({ "metadata": metadata }));
+        self.call(
+            "patch",
+            self.nodes.patch(&self.name, &patch_params(), &patch),
+        )
+        .await
+    }
+
     /// Opens a watch of this Node from `resource_version`; the server ends it after
     /// `timeout_secs`. Opening is bounded by the request timeout; items are not (the caller
     /// bounds the silence between them).
@@ -197,12 +220,19 @@ impl NodeApi for KubeNodeApi {
         self.call("get", self.nodes.get(&self.name)).await
     }
 
-    async fn apply_label(&self, on: bool) -> Result<Node, GateError> {
-        let body = if on {
-            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.name, "labels": {LABEL: "true"}}})
-        } else {
-            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.name}})
-        };
+    async fn apply_label(
+        &self,
+        on: bool,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<Node, GateError> {
+        let mut metadata = json!({"name": self.name});
+        if on {
+            metadata["labels"] = json!({LABEL: "true"});
+        }
+        if !annotations.is_empty() {
+            metadata["annotations"] = json!(annotations);
+        }
+        let body = json!({"apiVersion": "v1", "kind": "Node", "metadata": metadata});
         let pp = PatchParams::apply(MANAGER).force();
         self.call(
             "apply",
@@ -212,14 +242,8 @@ impl NodeApi for KubeNodeApi {
     }
 
     async fn remove_label(&self) -> Result<Node, GateError> {
-        let patch = Patch::Merge(json!({"metadata": {"labels": {LABEL: null}}}));
-        self.call(
-            "patch",
-            self.nodes.patch(&self.name, &patch_params(), &patch),
-        )
-        .await
+        self.remove_metadata(false).await
     }
-
     async fn put_taints(
         &self,
         resource_version: Option<&str>,

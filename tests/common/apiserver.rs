@@ -457,6 +457,9 @@ pub fn condition(node: &Value, kind: &str) -> Option<Value> {
 pub const LABEL: &str = "redis-node-tuner.io/ready";
 pub const TAINT: &str = "redis-node-tuner.io/not-ready";
 pub const COND: &str = "RedisKernelTuned";
+/// The agent's annotations (read by `status`).
+pub const VERSION_ANNOTATION: &str = "redis-node-tuner.io/agent-version";
+pub const LAST_WRITER_ANNOTATION: &str = "redis-node-tuner.io/last-writer";
 
 /// The startup taint a Node is registered with.
 pub fn startup_taint() -> Value {

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 
+use super::annotations::{
+    self, LAST_WRITER_ANNOTATION, LAST_WRITER_MIN_INTERVAL, LastWriter, REFUSED_RETRY,
+};
 use super::events::{Queue, event_for, node_ready};
 use super::marks::{
     Heartbeat, MESSAGE_MAX, Reason, condition_update, desired_marks, is_older, label_matches,
@@ -73,6 +76,13 @@ pub struct Gate<A: NodeApi> {
     pod_unreadable: Option<String>,
     /// Events dropped from the full queue, counted already.
     queue_dropped_seen: u64,
+    /// The latest foreign writer the writer watch named (for the last-writer annotation), and
+    /// when the gate last wrote one.
+    last_writer: Option<LastWriter>,
+    last_writer_written: Option<Instant>,
+    /// When the admission policy last refused the annotations (an older policy): the label is
+    /// written without changing them until [`REFUSED_RETRY`] has passed.
+    annotations_refused: Option<Instant>,
 }
 
 impl<A: NodeApi> Gate<A> {
@@ -99,6 +109,9 @@ impl<A: NodeApi> Gate<A> {
             refusal_logged: false,
             pod_unreadable: None,
             queue_dropped_seen: 0,
+            last_writer: None,
+            last_writer_written: None,
+            annotations_refused: None,
             opts,
         }
     }
@@ -206,6 +219,9 @@ impl<A: NodeApi> Gate<A> {
 
     /// An event of the enforce loop, published once the node's marks are written.
     pub async fn on_event(&mut self, e: &Event, now: Instant) {
+        if let Some(w) = LastWriter::of(e, Timestamp::now()) {
+            self.last_writer = Some(w);
+        }
         self.queue.push(event_for(e));
         self.step(now).await;
     }
@@ -224,6 +240,11 @@ impl<A: NodeApi> Gate<A> {
             // Nothing is written while held: an overdue heartbeat is no reason to wake.
             return now + self.opts.heartbeat;
         }
+        // A new writer held back by the annotation's rate limit is written when it ends.
+        let writer = self.pending_writer(now).and_then(|_| {
+            self.last_writer_written
+                .map(|t| (t + LAST_WRITER_MIN_INTERVAL).max(now + Duration::from_millis(100)))
+        });
         // A pass that does not finish by its deadline turns the condition Unknown then; while
         // stalled, the end of the stall is looked for every second.
         let stall = self.clock.as_ref().map(|c| {
@@ -251,7 +272,29 @@ impl<A: NodeApi> Gate<A> {
             }
             None => self.opts.heartbeat,
         };
-        stall.map_or(now + wait, |s| s.min(now + wait))
+        let next = stall.map_or(now + wait, |s| s.min(now + wait));
+        writer.map_or(next, |w| w.min(next))
+    }
+
+    /// A named writer the node does not show yet (whether or not the rate limit lets it be
+    /// written now).
+    fn pending_writer(&self, now: Instant) -> Option<&LastWriter> {
+        if self.refusing_annotations(now) {
+            return None;
+        }
+        let seen = self.last_writer.as_ref()?;
+        let shown = self
+            .node
+            .as_ref()
+            .and_then(|n| annotations::annotation(n, LAST_WRITER_ANNOTATION));
+        annotations::last_writer_update(shown, Some(seen), None).map(|_| seen)
+    }
+
+    /// Whether the annotations were refused by the admission policy less than
+    /// [`REFUSED_RETRY`] ago.
+    fn refusing_annotations(&self, now: Instant) -> bool {
+        self.annotations_refused
+            .is_some_and(|t| now.saturating_duration_since(t) < REFUSED_RETRY)
     }
 
     /// Graceful stop: the condition says Unknown / AgentStopped; label and taint stay, so a
@@ -286,7 +329,7 @@ impl<A: NodeApi> Gate<A> {
         let (Some(report), Some(_)) = (self.report.clone(), self.node.as_ref()) else {
             return;
         };
-        let result = match self.sync(&report).await {
+        let result = match self.sync(&report, now).await {
             Ok(()) => self.flush_events().await,
             Err(e) => Err(e),
         };
@@ -345,7 +388,7 @@ impl<A: NodeApi> Gate<A> {
 
     /// Brings the node's marks to what `report` says. Writes only what differs: label, then
     /// taint, then condition.
-    async fn sync(&mut self, report: &Report) -> Result<(), GateError> {
+    async fn sync(&mut self, report: &Report, now: Instant) -> Result<(), GateError> {
         let Some(node) = self.node.clone() else {
             return Ok(());
         };
@@ -375,8 +418,38 @@ impl<A: NodeApi> Gate<A> {
             return Ok(());
         }
         let want = desired_marks(report);
-        if !label_matches(&node, want.label) {
-            let mut n = self.api.apply_label(want.label).await?;
+        let writer = annotations::last_writer_update(
+            annotations::annotation(&node, LAST_WRITER_ANNOTATION),
+            self.last_writer.as_ref(),
+            self.last_writer_written
+                .map(|t| now.saturating_duration_since(t)),
+        );
+        let refusing = self.refusing_annotations(now);
+        let want_annotations = if refusing {
+            annotations::current(&node)
+        } else {
+            annotations::desired(&node, writer.as_ref())
+        };
+        if !label_matches(&node, want.label) || !annotations::matches(&node, &want_annotations) {
+            let mut n = match self.api.apply_label(want.label, &want_annotations).await {
+                // An admission policy older than the annotations: the label (the gate) must not
+                // wait for them. Applied again without changing them; tried again later.
+                Err(e) if e.is_annotations_refused() && !refusing => {
+                    tracing::warn!(error = %e, retry_in_s = REFUSED_RETRY.as_secs(),
+                        "the admission policy refuses the agent's annotations (apply the policy of this version); marks are written without them");
+                    self.annotations_refused = Some(now);
+                    self.api
+                        .apply_label(want.label, &annotations::current(&node))
+                        .await?
+                }
+                r => {
+                    let n = r?;
+                    if writer.is_some() && !refusing {
+                        self.last_writer_written = Some(now);
+                    }
+                    n
+                }
+            };
             if !want.label
                 && n.metadata
                     .labels

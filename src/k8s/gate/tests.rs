@@ -17,6 +17,8 @@ use crate::profile::Mode;
 enum Fault {
     Timeout,
     Forbidden,
+    /// The 403 of an admission policy older than the agent's annotations.
+    AnnotationsRefused,
 }
 
 /// A Node held in memory; every request is recorded as one line.
@@ -35,6 +37,13 @@ impl Fake {
             metadata: kube::api::ObjectMeta {
                 name: Some("n1".into()),
                 resource_version: Some("1".into()),
+                annotations: Some(
+                    [(
+                        crate::k8s::annotations::VERSION_ANNOTATION.to_string(),
+                        crate::k8s::annotations::VERSION.to_string(),
+                    )]
+                    .into(),
+                ),
                 ..Default::default()
             },
             spec: Some(NodeSpec {
@@ -83,6 +92,19 @@ impl Fake {
                         .boxed(),
                 ),
             }),
+            Some(Fault::AnnotationsRefused) => Err(GateError::Api {
+                node: "n1".into(),
+                source: kube::Error::Api(
+                    kube::core::Status::failure(
+                        "nodes \"n1\" is forbidden: ValidatingAdmissionPolicy \
+                         'redis-node-tuner-own-node-marks' denied request: redis-node-tuner may \
+                         not change a Node's annotations, owner references or finalizers",
+                        "Forbidden",
+                    )
+                    .with_code(403)
+                    .boxed(),
+                ),
+            }),
         }
     }
 
@@ -99,10 +121,30 @@ impl NodeApi for Fake {
         self.request("get".into())?;
         Ok(self.node.borrow().clone())
     }
-    async fn apply_label(&self, on: bool) -> Result<Node, GateError> {
-        self.request(format!("apply label={on}"))?;
+    async fn apply_label(
+        &self,
+        on: bool,
+        annotations: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Node, GateError> {
+        // The version annotation (on every node the fake starts with) is said only when it
+        // changes.
+        let version = crate::k8s::annotations::VERSION_ANNOTATION;
+        let shown =
+            crate::k8s::annotations::annotation(&self.node.borrow(), version).map(String::from);
+        let version = if annotations.get(version) != shown.as_ref() {
+            " +version"
+        } else {
+            ""
+        };
+        let writer = annotations
+            .get(LAST_WRITER_ANNOTATION)
+            .and_then(|v| LastWriter::parse(v))
+            .map(|w| format!(" writer={}:{}", w.comm, w.knob))
+            .unwrap_or_default();
+        self.request(format!("apply label={on}{version}{writer}"))?;
         {
             let mut n = self.node.borrow_mut();
+            n.metadata.annotations = Some(annotations.clone());
             let labels = n.metadata.labels.get_or_insert_default();
             if on {
                 labels.insert(LABEL.into(), "true".into());
@@ -251,6 +293,10 @@ async fn started(fake: Fake, r: Arc<Report>) -> (Gate<Fake>, Instant) {
     (g, t0)
 }
 
+fn is_labelled(g: &Gate<Fake>) -> bool {
+    label_matches(&g.api.node.borrow(), true)
+}
+
 /// The node's condition types, in order.
 fn condition_types(g: &Gate<Fake>) -> Vec<String> {
     g.api
@@ -353,6 +399,101 @@ async fn drift_corrected_within_a_pass_is_two_events_and_no_mark_change() {
     assert_eq!(
         g.api.take_log(),
         ["event DriftDetected", "event DriftCorrected"]
+    );
+}
+
+fn corrected_by(comm: &str, knob: &str) -> Event {
+    Event::Corrected {
+        knob: knob.into(),
+        from: "always".into(),
+        to: "never".into(),
+        writer: Some(crate::foreign::tests::writer(7, comm)),
+    }
+}
+
+#[tokio::test]
+async fn a_named_writer_rides_on_the_metadata_apply_at_most_once_a_minute() {
+    let (mut g, t0) = started(Fake::with_node(vec![]), tuned()).await;
+    g.api.take_log();
+    g.on_event(&corrected_by("sysctl", "thp.enabled"), t0).await;
+    g.on_report(tuned(), t0).await;
+    assert_eq!(
+        g.api.take_log(),
+        [
+            "apply label=true writer=sysctl:thp.enabled",
+            "event DriftCorrected"
+        ]
+    );
+    // The same writer of the same knob again (a new pid): not news, no write.
+    g.on_event(&corrected_by("sysctl", "thp.enabled"), t0).await;
+    assert_eq!(g.api.take_log(), ["event DriftCorrected"]);
+    // Another writer within the minute waits for the minute's end (a wake-up is asked for).
+    let t1 = t0 + Duration::from_secs(10);
+    g.on_event(&corrected_by("tuned", "thp.enabled"), t1).await;
+    assert_eq!(g.api.take_log(), ["event DriftCorrected"]);
+    let wake = g.next_wake(t1);
+    assert!(wake <= t0 + LAST_WRITER_MIN_INTERVAL, "{:?}", wake - t1);
+    g.on_timer(t0 + LAST_WRITER_MIN_INTERVAL).await;
+    assert_eq!(
+        g.api.take_log(),
+        ["apply label=true writer=tuned:thp.enabled"]
+    );
+    g.on_timer(t0 + LAST_WRITER_MIN_INTERVAL * 2).await;
+    assert!(g.api.take_log().is_empty());
+}
+
+#[tokio::test]
+async fn an_agent_of_another_version_says_so_once_with_its_first_metadata_write() {
+    let fake = Fake::with_node(vec![ours("NoSchedule")]);
+    fake.node.borrow_mut().metadata.annotations = None;
+    let (mut g, t0) = started(fake, untuned()).await;
+    // Not ready: no label to apply, but the version annotation is (one apply, no label).
+    let log = g.api.take_log();
+    assert_eq!(
+        log.first().map(String::as_str),
+        Some("apply label=false +version"),
+        "{log:?}"
+    );
+    assert_eq!(
+        crate::k8s::annotations::annotation(
+            &g.api.node.borrow(),
+            crate::k8s::annotations::VERSION_ANNOTATION
+        ),
+        Some(crate::k8s::annotations::VERSION)
+    );
+    g.on_report(untuned(), t0).await;
+    assert!(g.api.take_log().is_empty());
+}
+
+#[tokio::test]
+async fn an_older_admission_policy_refusing_the_annotations_never_holds_the_label() {
+    let fake = Fake::with_node(vec![ours("NoSchedule")]);
+    fake.node.borrow_mut().metadata.annotations = None;
+    fake.faults
+        .borrow_mut()
+        .push_back(Fault::AnnotationsRefused);
+    let (mut g, t0) = started(fake, tuned()).await;
+    let log = g.api.take_log();
+    // Refused with the version: applied again at once without changing the annotations.
+    assert_eq!(
+        log[..3],
+        [
+            "apply label=true +version",
+            "apply label=true",
+            "taints rv=2 []"
+        ],
+        "{log:?}"
+    );
+    assert!(is_labelled(&g));
+    // Within the hour nothing is tried again; a named writer waits too (no wake-up for it).
+    g.on_event(&corrected_by("sysctl", "thp.enabled"), t0).await;
+    g.on_report(tuned(), t0 + Duration::from_secs(120)).await;
+    assert_eq!(g.api.take_log(), ["event DriftCorrected"]);
+    // An hour later: the annotations again (the policy was updated meanwhile).
+    g.on_report(tuned(), t0 + REFUSED_RETRY).await;
+    assert_eq!(
+        g.api.take_log(),
+        ["apply label=true +version writer=sysctl:thp.enabled"]
     );
 }
 
