@@ -64,6 +64,32 @@ pub struct OwnerCheckLabels {
     pub check: &'static str,
 }
 
+/// A knob's values as text (`thp.enabled`'s `never`, `net.core.somaxconn`'s `4096`): the one
+/// series per knob of `setting_value_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ValueLabels {
+    pub setting: String,
+    /// The profile's value as the status shows it (`never`, `1`, `>= 2048`, `madvise|never`).
+    pub desired: String,
+    /// The value read from the knob (THP: the selected word).
+    pub actual: String,
+}
+
+/// Longest `desired`/`actual` label value kept (in bytes); a longer one is cut at a character
+/// boundary and ends with `…`. Text sysctls can be long (`ip_local_reserved_ports`).
+pub const VALUE_LABEL_MAX: usize = 64;
+
+fn clip(s: &str) -> String {
+    if s.len() <= VALUE_LABEL_MAX {
+        return s.to_string();
+    }
+    let mut end = VALUE_LABEL_MAX - '…'.len_utf8();
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
@@ -91,6 +117,9 @@ pub struct Metrics {
     contested: Family<SettingLabel, Gauge>,
     desired: Family<SettingLabel, Gauge>,
     actual: Family<SettingLabel, Gauge>,
+    values: Family<ValueLabels, Gauge>,
+    /// Each knob's series of `values`, to remove it when the value changes.
+    shown_values: std::sync::Mutex<std::collections::HashMap<String, ValueLabels>>,
     check_duration: Histogram,
     initialized: AtomicBool,
     /// Kubernetes API requests, by verb and result (used by the Kubernetes reporter).
@@ -148,6 +177,8 @@ impl Metrics {
             contested: Family::default(),
             desired: Family::default(),
             actual: Family::default(),
+            values: Family::default(),
+            shown_values: Default::default(),
             // 5 µs .. ~80 ms
             check_duration: Histogram::new(exponential_buckets(0.000_005, 2.0, 15)),
             kube_requests: Family::default(),
@@ -214,6 +245,11 @@ impl Metrics {
             "setting_actual_value",
             "Value read from numeric knobs",
             m.actual.clone(),
+        );
+        registry.register(
+            "setting_value_info",
+            "1 per knob, with its desired and actual value as text (THP's words included); absent while unreadable",
+            m.values.clone(),
         );
         registry.register(
             "check_duration_seconds",
@@ -471,6 +507,7 @@ impl Metrics {
                 }
             }
         }
+        self.show_values(report);
         for e in events {
             match e {
                 Event::DriftDetected { knob, .. } => {
@@ -504,6 +541,30 @@ impl Metrics {
                 | Event::RedisViewOutOfSync { .. } => {}
             }
         }
+    }
+
+    /// One `setting_value_info` series per readable knob of the report: the one of its old
+    /// value, of an unreadable knob, and of a knob no longer in the report removed.
+    fn show_values(&self, report: &Report) {
+        let mut shown = self.shown_values.lock().unwrap_or_else(|p| p.into_inner());
+        let mut now = std::collections::HashMap::new();
+        for k in &report.settings {
+            if let Some(actual) = &k.actual {
+                let l = ValueLabels {
+                    setting: k.name.clone(),
+                    desired: clip(&k.desired),
+                    actual: clip(actual),
+                };
+                self.values.get_or_create(&l).set(1);
+                now.insert(k.name.clone(), l);
+            }
+        }
+        for (name, old) in shown.drain() {
+            if now.get(&name) != Some(&old) {
+                self.values.remove(&old);
+            }
+        }
+        *shown = now;
     }
 
     /// The exposition in the OpenMetrics text format.
@@ -565,5 +626,98 @@ mod tests {
             openmetrics_to_prometheus(om),
             "# HELP x_drift_total Drift.\n# TYPE x_drift_total counter\nx_drift_total{a=\"b\"} 1\n# HELP x_up Up.\n# TYPE x_up gauge\nx_up 1\n"
         );
+    }
+
+    fn knob(name: &str, desired: &str, actual: Option<&str>) -> crate::agent::KnobReport {
+        crate::agent::KnobReport {
+            name: name.into(),
+            setting: name.into(),
+            desired: desired.into(),
+            actual: actual.map(Into::into),
+            in_sync: actual == Some(desired),
+            mode: crate::profile::Mode::Enforce,
+            state: crate::reconcile::StateKind::InSync,
+            error: None,
+            contested: false,
+            desired_number: None,
+            actual_number: None,
+        }
+    }
+
+    fn report(settings: Vec<crate::agent::KnobReport>) -> Report {
+        Report {
+            ready: true,
+            netns: String::new(),
+            settings,
+            lock_missing: None,
+            redis_out_of_sync: vec![],
+        }
+    }
+
+    /// The `setting_value_info` samples, sorted.
+    fn value_lines(m: &Metrics) -> Vec<String> {
+        let mut v: Vec<String> = m
+            .encode_prometheus()
+            .lines()
+            .filter(|l| l.starts_with("redis_node_tuner_setting_value_info{"))
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn info(setting: &str, desired: &str, actual: &str) -> String {
+        format!(
+            "redis_node_tuner_setting_value_info{{setting=\"{setting}\",desired=\"{desired}\",actual=\"{actual}\"}} 1"
+        )
+    }
+
+    #[test]
+    fn value_info_shows_thp_words_and_keeps_one_series_per_knob() {
+        let m = Metrics::new();
+        m.observe(
+            &report(vec![
+                knob("thp.enabled", "never", Some("always")),
+                knob("thp.defrag", "madvise|never", Some("madvise")),
+                knob("net.core.somaxconn", ">= 2048", Some("128")),
+            ]),
+            &[],
+            Duration::ZERO,
+        );
+        assert_eq!(
+            value_lines(&m),
+            [
+                info("net.core.somaxconn", ">= 2048", "128"),
+                info("thp.defrag", "madvise|never", "madvise"),
+                info("thp.enabled", "never", "always"),
+            ]
+        );
+        // Corrected: the old value's series goes; unreadable: no series; gone from the
+        // report: no series.
+        m.observe(
+            &report(vec![
+                knob("thp.enabled", "never", Some("never")),
+                knob("thp.defrag", "madvise|never", None),
+            ]),
+            &[],
+            Duration::ZERO,
+        );
+        assert_eq!(value_lines(&m), [info("thp.enabled", "never", "never")]);
+        let help = m.encode_prometheus();
+        assert!(
+            help.contains("# TYPE redis_node_tuner_setting_value_info gauge"),
+            "{help}"
+        );
+    }
+
+    #[test]
+    fn long_values_are_cut_at_a_character_boundary() {
+        assert_eq!(clip("never"), "never");
+        let exact = "x".repeat(VALUE_LABEL_MAX);
+        assert_eq!(clip(&exact), exact);
+        let long = "é".repeat(VALUE_LABEL_MAX);
+        let c = clip(&long);
+        assert!(c.len() <= VALUE_LABEL_MAX && c.ends_with('…'), "{c}");
+        assert!(c.trim_end_matches('…').chars().all(|ch| ch == 'é'), "{c}");
     }
 }

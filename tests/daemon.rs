@@ -107,6 +107,7 @@ fn live_metrics_pass_promtool() {
         "redis_node_tuner_corrections_total",
         "redis_node_tuner_setting_desired_value",
         "redis_node_tuner_setting_actual_value",
+        "redis_node_tuner_setting_value_info",
         "redis_node_tuner_check_duration_seconds_bucket",
         "redis_node_tuner_build_info",
     ] {

@@ -9,7 +9,7 @@ use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -135,8 +135,14 @@ fn variable_queries(d: &Value) -> Vec<(String, String)> {
     out
 }
 
-/// Grafana's variables replaced by what they expand to, for Prometheus.
+/// Grafana's variables replaced by what they expand to, for Prometheus: every template
+/// variable by its All value `.*`.
 fn expand(d: &Value, expr: &str, rate_interval: &str) -> String {
+    expand_with(d, expr, rate_interval, &[])
+}
+
+/// [`expand`], with some template variables set to one value (`("cluster", "eu-1")`).
+fn expand_with(d: &Value, expr: &str, rate_interval: &str, set: &[(&str, &str)]) -> String {
     let mut e = expr
         .replace("${__rate_interval}", rate_interval)
         .replace("$__rate_interval", rate_interval)
@@ -152,9 +158,13 @@ fn expand(d: &Value, expr: &str, rate_interval: &str) -> String {
     // Longest first, so `$node` does not eat the start of `$nodes`.
     names.sort_by_key(|n| std::cmp::Reverse(n.len()));
     for n in names {
+        let value = set
+            .iter()
+            .find(|(name, _)| *name == n)
+            .map_or(".*", |(_, v)| *v);
         e = e
-            .replace(&format!("${{{n}}}"), ".*")
-            .replace(&format!("${n}"), ".*");
+            .replace(&format!("${{{n}}}"), value)
+            .replace(&format!("${n}"), value);
     }
     assert!(
         !e.contains('$'),
@@ -178,6 +188,109 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         rest = &tail[end..];
     }
     out
+}
+
+/// The series selectors of a PromQL expression that lack the `cluster=~"$cluster"` matcher:
+/// every `name{...}` outside strings, and every bare `redis_node_tuner_*` name.
+fn selectors_without_cluster(expr: &str) -> Vec<String> {
+    const MATCHER: &str = "cluster=~\"$cluster\"";
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let chars: Vec<char> = expr.chars().collect();
+    let mut out = vec![];
+    let (mut i, mut quoted) = (0, false);
+    while i < chars.len() {
+        let c = chars[i];
+        if quoted {
+            if c == '\\' {
+                i += 1;
+            } else if c == '"' {
+                quoted = false;
+            }
+            i += 1;
+            continue;
+        }
+        if c == '"' {
+            quoted = true;
+            i += 1;
+            continue;
+        }
+        if is_ident(c) && !c.is_ascii_digit() {
+            let start = i;
+            while i < chars.len() && is_ident(chars[i]) {
+                i += 1;
+            }
+            let name: String = chars[start..i].iter().collect();
+            if chars.get(i) == Some(&'{') {
+                // The matchers: up to the closing brace, strings skipped.
+                let mut j = i + 1;
+                let mut q = false;
+                while j < chars.len() && (q || chars[j] != '}') {
+                    if chars[j] == '\\' && q {
+                        j += 1;
+                    } else if chars[j] == '"' {
+                        q = !q;
+                    }
+                    j += 1;
+                }
+                let matchers: String = chars[i + 1..j.min(chars.len())].iter().collect();
+                if !matchers.contains(MATCHER) {
+                    out.push(format!("{name}{{{matchers}}}"));
+                }
+                i = j;
+            } else if name.starts_with(PREFIX) {
+                out.push(name);
+            }
+            continue;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Pairs of panels (by title) whose gridPos rectangles overlap.
+fn overlapping_panels(ps: &[&Value]) -> Vec<(String, String)> {
+    let rect = |p: &Value| {
+        let g = &p["gridPos"];
+        let n = |k: &str| g[k].as_u64().unwrap_or(0);
+        (n("x"), n("y"), n("w"), n("h"))
+    };
+    let mut out = vec![];
+    for (i, a) in ps.iter().enumerate() {
+        for b in &ps[i + 1..] {
+            let ((ax, ay, aw, ah), (bx, by, bw, bh)) = (rect(a), rect(b));
+            if ax < bx + bw && bx < ax + aw && ay < by + bh && by < ay + ah {
+                out.push((
+                    a["title"].as_str().unwrap_or("?").to_string(),
+                    b["title"].as_str().unwrap_or("?").to_string(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The panels of the row titled `title`: those after it, up to the next row.
+fn row_panels<'a>(d: &'a Value, title: &str) -> Vec<&'a Value> {
+    let top = arr(&d["panels"]);
+    let start = top
+        .iter()
+        .position(|p| p["type"] == "row" && p["title"] == title)
+        .unwrap_or_else(|| panic!("no row {title:?}"));
+    top[start + 1..]
+        .iter()
+        .take_while(|p| p["type"] != "row")
+        .chain(arr(&top[start]["panels"]))
+        .collect()
+}
+
+/// The panel titled `title`'s first query.
+fn panel_expr(d: &Value, title: &str) -> String {
+    panels(d)
+        .into_iter()
+        .find(|p| p["title"] == title)
+        .and_then(|p| p["targets"][0]["expr"].as_str())
+        .unwrap_or_else(|| panic!("no panel {title:?} with a query"))
+        .to_string()
 }
 
 /// Every `redis_node_tuner_*` name used by the alert rules and the dashboard, with where.
@@ -572,12 +685,17 @@ fn dashboard_is_a_grafana_model_on_a_datasource_variable() {
         .collect();
     for needle in [
         "redis_node_tuner_node_ready",
-        "min by (node, setting) (redis_node_tuner_setting_in_sync",
+        "min by (node, setting) (redis_node_tuner_setting_in_sync{",
         "redis_node_tuner_drift_detected_total",
         "redis_node_tuner_corrections_total",
-        "redis_node_tuner_kube_requests_total{result=\"error\"",
-        "count by (version) (redis_node_tuner_build_info",
+        "redis_node_tuner_kube_requests_total{cluster=~\"$cluster\", result=\"error\"",
+        "count by (version) (redis_node_tuner_build_info{",
         "redis_node_tuner_check_duration_seconds_bucket",
+        "redis_node_tuner_foreign_writes_total",
+        "redis_node_tuner_correction_failures_total",
+        "redis_node_tuner_setting_contested",
+        "redis_node_tuner_writer_watch_active",
+        "redis_node_tuner_setting_value_info",
     ] {
         assert!(all.contains(needle), "no panel queries {needle}");
     }
@@ -593,6 +711,147 @@ fn dashboard_is_a_grafana_model_on_a_datasource_variable() {
     assert_eq!(
         (&opts["rowField"], &opts["columnField"]),
         (&json!("node"), &json!("setting"))
+    );
+}
+
+#[test]
+fn dashboard_panels_are_described_laid_out_apart_and_filtered_by_cluster() {
+    let d = dashboard();
+    // The cluster variable: from the agents' series, All matching series without the label.
+    let vars = arr(&d["templating"]["list"]);
+    let pos = |n: &str| vars.iter().position(|v| v["name"] == n);
+    let cluster = &vars[pos("cluster").expect("a cluster variable")];
+    assert_eq!(cluster["type"], "query");
+    assert_eq!(
+        cluster["query"]["query"],
+        "label_values(redis_node_tuner_build_info, cluster)"
+    );
+    assert_eq!(
+        (
+            &cluster["includeAll"],
+            &cluster["allValue"],
+            &cluster["multi"]
+        ),
+        (&json!(true), &json!(".*"), &json!(true))
+    );
+    assert!(pos("cluster") < pos("node") && pos("node") < pos("setting"));
+    for (name, q) in variable_queries(&d) {
+        if name != "cluster" {
+            assert_eq!(
+                selectors_without_cluster(&q),
+                Vec::<String>::new(),
+                "variable ${name}"
+            );
+        }
+    }
+    // Every query of every panel is filtered by it.
+    for (title, refid, expr) in dashboard_queries(&d) {
+        assert_eq!(
+            selectors_without_cluster(&expr),
+            Vec::<String>::new(),
+            "panel {title:?} {refid}: {expr}"
+        );
+    }
+    // Described, and laid out without overlaps; rows span the width.
+    let all = panels(&d);
+    for p in &all {
+        let title = p["title"].as_str().unwrap_or("?");
+        if p["type"] == "row" {
+            assert_eq!(
+                (&p["gridPos"]["w"], &p["gridPos"]["h"], &p["gridPos"]["x"]),
+                (&json!(24), &json!(1), &json!(0)),
+                "row {title:?}"
+            );
+            continue;
+        }
+        let desc = p["description"].as_str().unwrap_or("");
+        assert!(desc.len() > 40, "panel {title:?}: description {desc:?}");
+    }
+    assert_eq!(overlapping_panels(&all), Vec::<(String, String)>::new());
+    let mut titles = BTreeSet::new();
+    for p in all.iter().filter(|p| p["type"] != "row") {
+        assert!(
+            titles.insert(p["title"].as_str().unwrap_or("?")),
+            "title {} twice",
+            p["title"]
+        );
+    }
+
+    // Who wrote it: the writer watch's metrics, by writer and kind.
+    let who: String = row_panels(&d, "Who wrote it")
+        .iter()
+        .flat_map(|p| arr(&p["targets"]))
+        .filter_map(|t| t["expr"].as_str())
+        .map(|e| format!("{e}\n"))
+        .collect();
+    for needle in [
+        "sum by (node, setting, writer, action) (",
+        "sum by (writer, setting) (",
+        "redis_node_tuner_foreign_writes_total{",
+        "sum by (kind, setting) (",
+        "sum by (node, setting, kind) (",
+        "redis_node_tuner_correction_failures_total{",
+        "redis_node_tuner_setting_contested{",
+        "max by (node, mode, source, reason) (redis_node_tuner_writer_watch_active{",
+        "source=~\"fanotify|sysctl\"",
+        "[$__range]",
+        "offset $__range",
+    ] {
+        assert!(
+            who.contains(needle),
+            "row Who wrote it: no {needle:?} in\n{who}"
+        );
+    }
+    // THP's words, and drift from the counter, not the gauge.
+    assert!(
+        panel_expr(&d, "THP actual values: node x setting")
+            .contains("max by (node, setting, actual) (redis_node_tuner_setting_value_info{")
+    );
+    assert!(
+        panel_expr(&d, "Desired vs actual values as text (THP words included)")
+            .contains("by (node, setting, desired, actual) (redis_node_tuner_setting_value_info{")
+    );
+    for title in [
+        "Drifts per interval (from counters)",
+        "Drift timeline (from counters)",
+    ] {
+        assert!(
+            panel_expr(&d, title).contains("increase(redis_node_tuner_drift_detected_total{"),
+            "{title}"
+        );
+    }
+}
+
+#[test]
+fn the_layout_and_cluster_checks_find_what_they_look_for() {
+    // So that the dashboard checks above can fail.
+    assert_eq!(
+        selectors_without_cluster(
+            "sum(rate(redis_node_tuner_x{cluster=~\"$cluster\", a=\"{b}\"}[1m])) / up{job=\"j\"} + redis_node_tuner_y or vector(0)"
+        ),
+        ["up{job=\"j\"}", "redis_node_tuner_y"]
+    );
+    assert!(
+        selectors_without_cluster(
+            "count by (node) (redis_node_tuner_x{cluster=~\"$cluster\"} offset 5m) > bool 0"
+        )
+        .is_empty()
+    );
+    let p = |t: &str, x: u64, y: u64, w: u64, h: u64| json!({"title": t, "gridPos": {"x": x, "y": y, "w": w, "h": h}});
+    let (a, b, c, e) = (
+        p("a", 0, 0, 12, 8),
+        p("b", 12, 0, 12, 8),
+        p("c", 11, 7, 4, 4),
+        p("e", 0, 8, 24, 1),
+    );
+    assert!(overlapping_panels(&[&a, &b, &e]).is_empty());
+    assert_eq!(
+        overlapping_panels(&[&a, &b, &c, &e]),
+        [
+            ("a".to_string(), "c".to_string()),
+            ("b".to_string(), "c".to_string()),
+            ("c".to_string(), "e".to_string())
+        ]
     );
 }
 
@@ -755,7 +1014,9 @@ fn live_agent_exposes_every_metric_used_and_prometheus_evaluates_rules_and_panel
     api.create_node(node, json!({"pool": "redis"}), json!([]));
     let kc = api.agent_kubeconfig(node, false);
     let t = Tree::untuned();
-    let d = Daemon::start_kube(&t, &kc, node, &[]);
+    // The writer watch observes (the default, said here): inotify and, as root, fanotify run
+    // on the tree's files.
+    let d = Daemon::start_kube(&t, &kc, node, &["--writers", "observe"]);
     assert!(
         wait_for(SECONDS, || {
             let m = d.metrics();
@@ -766,39 +1027,6 @@ fn live_agent_exposes_every_metric_used_and_prometheus_evaluates_rules_and_panel
         d.metrics(),
         d.logs()
     );
-
-    // Every name the rules and the dashboard use is in the live exposition.
-    let body = d.metrics();
-    let (samples, types) = exposition(&body);
-    let used = used_metric_names();
-    assert!(used.len() >= 10, "{used:?}");
-    // Series of each Redis process found: none here (tests/procs.rs exposes them with real
-    // Redis processes), and an empty family is not in the exposition: registered is enough.
-    let per_process = |n: &str| {
-        n == "redis_node_tuner_redis_process_in_sync"
-            && include_str!("../src/metrics.rs").contains("\"redis_process_in_sync\",")
-    };
-    let mut missing = vec![];
-    for (name, who) in &used {
-        let fam = family(name, &types);
-        if per_process(name) {
-            continue;
-        }
-        if !samples.contains(name) || !types.contains_key(&fam) {
-            missing.push(format!("{name} (family {fam}), used by {}", who.join(", ")));
-        }
-    }
-    assert!(
-        missing.is_empty(),
-        "not exposed by the live agent:\n  {}\n--- /metrics\n{body}",
-        missing.join("\n  ")
-    );
-    let used_families: BTreeSet<String> = used.keys().map(|n| family(n, &types)).collect();
-    let unused: Vec<&String> = types
-        .keys()
-        .filter(|f| f.starts_with(PREFIX) && !used_families.contains(*f))
-        .collect();
-    eprintln!("metric families exposed but used by no alert or panel: {unused:?}");
 
     // A real Prometheus scrapes the agent with the PodMonitor's labels and runs the rules.
     let prom = Prometheus::start(&d.addr, node);
@@ -885,8 +1113,162 @@ fn live_agent_exposes_every_metric_used_and_prometheus_evaluates_rules_and_panel
         }
     }
 
-    // Every dashboard query and variable answers, with the agent's series.
+    // Who wrote it: a foreign write the writer watch undoes within a second is named and
+    // counted, and the counter-based drift panels show it (the in-sync gauge, sampled at each
+    // scrape, almost never does).
     let dash = dashboard();
+    let panel = |title: &str| expand(&dash, &panel_expr(&dash, title), "1m");
+    let value = |s: &Value| {
+        s["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let overcommit = |rows: &[Value]| -> f64 {
+        rows.iter()
+            .filter(|s| s["metric"]["setting"] == "vm.overcommit_memory")
+            .map(value)
+            .sum()
+    };
+    let drifts = panel("Drifts per interval (from counters)");
+    let before = overcommit(&prom.query(&drifts));
+    assert_eq!(before, 0.0, "overcommit drifted before the foreign write");
+    let knob = t.path(OVERCOMMIT);
+    // The shell lives on for 2 s, so its name can still be read when the watch names it.
+    let written = t.path("written");
+    let write = Instant::now();
+    let mut sh = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo 0 > '{}' && : > '{}' && sleep 2",
+            knob.display(),
+            written.display()
+        ))
+        .spawn()
+        .expect("sh");
+    assert!(
+        wait_for(Duration::from_secs(5), || written.exists()),
+        "the shell did not write"
+    );
+    assert!(
+        wait_for(Duration::from_secs(1), || t.get(OVERCOMMIT).trim() == "1"),
+        "the foreign write was not corrected within a second: {:?}\n{}",
+        t.get(OVERCOMMIT),
+        d.logs()
+    );
+    eprintln!("foreign write corrected within {:?}", write.elapsed());
+    let status = sh.wait().expect("sh");
+    assert!(status.success(), "{status:?}");
+    let named = has_line(
+        &d.metrics(),
+        "redis_node_tuner_writer_watch_active{mode=\"observe\",source=\"fanotify\",reason=\"active\"} 1",
+    );
+    // fanotify names the shell; inotify alone counts it as unknown.
+    let writer = if named { "sh" } else { "unknown" };
+    let who = panel("Who wrote it: foreign writes by node, setting and writer");
+    let seen = wait_for(SECONDS, || {
+        prom.query(&who).iter().any(|s| {
+            s["metric"]["node"] == node
+                && s["metric"]["setting"] == "vm.overcommit_memory"
+                && s["metric"]["writer"] == writer
+                && s["metric"]["action"] == "corrected"
+                && value(s) >= 1.0
+        })
+    });
+    assert!(
+        seen,
+        "no foreign write by {writer} in {who}: {:#?}\n{}",
+        prom.query(&who),
+        d.metrics()
+    );
+    assert!(
+        wait_for(SECONDS, || overcommit(&prom.query(&drifts)) >= 1.0),
+        "the drift counter panel missed the drift: {:#?}",
+        prom.query(&drifts)
+    );
+    let timeline = panel("Drift timeline (from counters)");
+    assert_eq!(
+        overcommit(&prom.query(&timeline)),
+        1.0,
+        "{:#?}",
+        prom.query(&timeline)
+    );
+    eprintln!(
+        "in-sync gauge of vm.overcommit_memory as Prometheus saw it (min over the last minute): {:?}",
+        prom.query(
+            "min_over_time(redis_node_tuner_setting_in_sync{setting=\"vm.overcommit_memory\"}[1m])"
+        )
+        .first()
+        .map(value)
+    );
+
+    // Contested (drift found by 3 passes in a row, each right after a correction): a shell
+    // rewrites the knob in a tight loop (at most 5000000 times, tens of seconds), killed as soon
+    // as Prometheus has seen it. `1<>` opens without O_TRUNC: a sysctl write is atomic, and a
+    // tree file emptied by `>` would read as an error between two writes (no drift pass).
+    let mut storm = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "i=0; while [ $i -lt 5000000 ]; do echo 0 1<> '{}'; i=$((i+1)); done",
+            knob.display()
+        ))
+        .spawn()
+        .expect("sh");
+    let contested = panel("Contested settings (any time in the range)");
+    let was_contested = wait_for(SECONDS, || {
+        prom.query(&contested).iter().any(|s| {
+            s["metric"]["setting"] == "vm.overcommit_memory" && s["metric"]["node"] == node
+        })
+    });
+    let _ = storm.kill();
+    let _ = storm.wait();
+    assert!(
+        was_contested,
+        "never contested: {:#?}\n{}",
+        prom.query(&contested),
+        d.metrics()
+    );
+    assert!(
+        wait_for(SECONDS, || t.get(OVERCOMMIT).trim() == "1"),
+        "not corrected after the storm\n{}",
+        d.logs()
+    );
+
+    // Every name the rules and the dashboard use is in the live exposition (now that a foreign
+    // write and a failure made the series that appear with their first increment).
+    let body = d.metrics();
+    let (samples, types) = exposition(&body);
+    let used = used_metric_names();
+    assert!(used.len() >= 10, "{used:?}");
+    // Series of each Redis process found: none here (tests/procs.rs exposes them with real
+    // Redis processes), and an empty family is not in the exposition: registered is enough.
+    let per_process = |n: &str| {
+        n == "redis_node_tuner_redis_process_in_sync"
+            && include_str!("../src/metrics.rs").contains("\"redis_process_in_sync\",")
+    };
+    let mut missing = vec![];
+    for (name, who) in &used {
+        let fam = family(name, &types);
+        if per_process(name) {
+            continue;
+        }
+        if !samples.contains(name) || !types.contains_key(&fam) {
+            missing.push(format!("{name} (family {fam}), used by {}", who.join(", ")));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not exposed by the live agent:\n  {}\n--- /metrics\n{body}",
+        missing.join("\n  ")
+    );
+    let used_families: BTreeSet<String> = used.keys().map(|n| family(n, &types)).collect();
+    let unused: Vec<&String> = types
+        .keys()
+        .filter(|f| f.starts_with(PREFIX) && !used_families.contains(*f))
+        .collect();
+    eprintln!("metric families exposed but used by no alert or panel: {unused:?}");
+
+    // Every dashboard query and variable answers, with the agent's series.
     let mut queries: Vec<(String, String)> = dashboard_queries(&dash)
         .into_iter()
         .map(|(title, refid, e)| (format!("panel {title:?} {refid}"), e))
@@ -910,6 +1292,22 @@ fn live_agent_exposes_every_metric_used_and_prometheus_evaluates_rules_and_panel
         empty.is_empty()
     });
     assert!(answered, "queries without data:\n  {}", empty.join("\n  "));
+    // $cluster filters every query: above, its All value `.*` matched series without the label
+    // (a single-cluster Prometheus); another cluster's name leaves nothing but `or vector(0)`.
+    let mut leaked = vec![];
+    for (who, e) in queries.iter().filter(|(who, _)| who != "variable $cluster") {
+        let other = expand_with(&dash, e, "1m", &[("cluster", "no-such-cluster")]);
+        for s in prom.query(&other) {
+            if s["metric"].as_object().is_none_or(|m| !m.is_empty()) || s["value"][1] != "0" {
+                leaked.push(format!("{who}: {other}: {s}"));
+            }
+        }
+    }
+    assert!(
+        leaked.is_empty(),
+        "not filtered by $cluster:\n  {}",
+        leaked.join("\n  ")
+    );
     let nodes = prom.query("redis_node_tuner_build_info");
     assert!(
         nodes.iter().all(|s| s["metric"]["node"] == node),
