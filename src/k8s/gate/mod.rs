@@ -83,6 +83,11 @@ pub struct Gate<A: NodeApi> {
     /// When the admission policy last refused the annotations (an older policy): the label is
     /// written without changing them until [`REFUSED_RETRY`] has passed.
     annotations_refused: Option<Instant>,
+    /// A report said the node was in tune since this agent started: only then is a
+    /// `NoExecute` taint effect written (see [`Gate::taint_effect`]); and whether holding it
+    /// back was logged.
+    in_tune_seen: bool,
+    noexecute_held_logged: bool,
 }
 
 impl<A: NodeApi> Gate<A> {
@@ -113,6 +118,8 @@ impl<A: NodeApi> Gate<A> {
             last_writer_written: None,
             annotations_refused: None,
             opts,
+            in_tune_seen: false,
+            noexecute_held_logged: false,
         }
     }
 
@@ -461,12 +468,16 @@ impl<A: NodeApi> Gate<A> {
             }
             self.node = Some(n);
         }
+        if report.ready {
+            self.in_tune_seen = true;
+        }
         // With the taint turned off (`none`) it is never added, and removed if present.
-        let ours = if want.taint {
-            self.opts.taint_effect.as_deref()
+        let effect = if want.taint {
+            self.taint_effect()
         } else {
             None
         };
+        let ours = effect.as_deref();
         if let Some(n) = &self.node
             && taints_with(taints(n), ours).is_some()
         {
@@ -491,6 +502,27 @@ impl<A: NodeApi> Gate<A> {
             self.was_ready = Some(report.ready);
         }
         Ok(())
+    }
+
+    /// The effect of the taint to write now: `--taint-effect`, except that `NoExecute` is
+    /// held back as `NoSchedule` until this agent has seen the node in tune. A node that has
+    /// not been in tune since the agent started fails for a reason most likely common to its
+    /// pool (a bad profile, a new agent version, an OS upgrade whose policy denies the writes):
+    /// evicting every Redis pod of the pool for it does more harm than keeping them where they
+    /// run. A node that was in tune and then cannot be corrected is that node's own regression,
+    /// and gets `NoExecute`.
+    fn taint_effect(&mut self) -> Option<String> {
+        let effect = self.opts.taint_effect.clone()?;
+        if effect != "NoExecute" || self.in_tune_seen {
+            return Some(effect);
+        }
+        if !self.noexecute_held_logged {
+            tracing::warn!(
+                "taint effect NoExecute held back as NoSchedule: the node has not been in tune since this agent started (a failure common to the pool must not evict every Redis pod); NoExecute applies once the node has been in tune and then cannot be corrected"
+            );
+            self.noexecute_held_logged = true;
+        }
+        Some("NoSchedule".into())
     }
 
     /// Publishes queued events in order. An API that cannot be reached stops it (the event is

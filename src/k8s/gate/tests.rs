@@ -998,3 +998,38 @@ async fn an_unreadable_own_pod_is_said_on_the_node_while_the_marks_are_held() {
     g.on_report(tuned(), t0).await;
     assert_eq!(g.api.take_log(), FIRST_READY);
 }
+
+#[tokio::test]
+async fn noexecute_is_held_back_as_noschedule_until_the_node_was_in_tune() {
+    // `--taint-effect NoExecute` on a node registered with the NoExecute startup taint: while
+    // the node has not been in tune since the agent started (a failure most likely common to
+    // the pool) the taint is NoSchedule, evicting nothing; once the node was in tune, a
+    // failure it cannot correct taints NoExecute.
+    let o = GateOptions {
+        taint_effect: Some("NoExecute".into()),
+        ..opts()
+    };
+    let t0 = Instant::now();
+    let mut g = Gate::new(Fake::with_node(vec![ours("NoExecute")]), o, t0);
+    g.on_report(untuned(), t0).await;
+    let node = g.api.node.borrow().clone();
+    g.on_node(Some(node), t0).await;
+    assert_eq!(
+        g.api.take_log(),
+        [
+            "taints rv=1 [\"redis-node-tuner.io/not-ready:NoSchedule\"]",
+            "condition False/CorrectionFailed"
+        ]
+    );
+    // Still untuned: nothing more is written.
+    g.on_report(untuned(), t0).await;
+    assert!(g.api.take_log().is_empty());
+    g.on_report(tuned(), t0).await;
+    assert!(g.api.taint_keys().is_empty(), "{:?}", g.api.taint_keys());
+    g.api.take_log();
+    g.on_report(untuned(), t0).await;
+    assert_eq!(
+        g.api.taint_keys(),
+        ["redis-node-tuner.io/not-ready:NoExecute"]
+    );
+}
