@@ -463,6 +463,58 @@ fn taint_effect_none_removes_a_registered_taint_and_never_adds_one() {
     assert!(!taint_keys(&api.node("db-10")).contains(&TAINT.to_string()));
 }
 
+/// `--taint-effect NoExecute` against the real apiserver: a node that has not been in tune
+/// since the agent started (its kubelet registered the NoExecute startup taint, a knob cannot
+/// be written) is tainted NoSchedule, not NoExecute; once in tune, a knob that cannot be
+/// corrected taints it NoExecute.
+#[test]
+fn noexecute_waits_until_the_node_was_in_tune_since_the_agent_started() {
+    let api = ApiServer::start();
+    api.create_node(
+        "db-11",
+        json!({}),
+        json!([{"key": TAINT, "effect": "NoExecute"}]),
+    );
+    let kc = api.agent_kubeconfig("db-11", false);
+    let t = Tree::untuned();
+    t.break_knob(OVERCOMMIT, "0\n");
+    let d = Daemon::start_kube(&t, &kc, "db-11", &["--taint-effect", "NoExecute"]);
+    let effects = |n: &Value| -> Vec<String> {
+        n["spec"]["taints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["key"] == TAINT)
+            .map(|t| t["effect"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert!(
+        wait_for(SECONDS, || {
+            let n = api.node("db-11");
+            condition(&n, COND).is_some_and(|c| c["status"] == "False")
+                && effects(&n) == ["NoSchedule"]
+        }),
+        "{:#}\n{}",
+        api.node("db-11"),
+        d.logs()
+    );
+    assert!(
+        d.logs()
+            .contains("taint effect NoExecute held back as NoSchedule"),
+        "{}",
+        d.logs()
+    );
+    t.fix_knob(OVERCOMMIT, "0\n");
+    assert!(wait_for(SECONDS, || is_ready_marked(&api.node("db-11"))));
+    t.break_knob(OVERCOMMIT, "0\n");
+    assert!(
+        wait_for(SECONDS, || effects(&api.node("db-11")) == ["NoExecute"]),
+        "{:#}\n{}",
+        api.node("db-11"),
+        d.logs()
+    );
+}
+
 /// The sum of the apiserver's `apiserver_flowcontrol_dispatched_requests_total` for a FlowSchema.
 fn dispatched(api: &ApiServer, flow_schema: &str) -> u64 {
     let want = format!("flow_schema=\"{flow_schema}\"");
