@@ -39,7 +39,7 @@ pub(crate) fn print_table(report: &Report) {
         ]);
     }
     let mut out = std::io::stdout().lock();
-    print_rows(&mut out, &rows);
+    let _ = write!(out, "{}", crate::exit::aligned(&rows));
     for k in &report.settings {
         if let Some(e) = &k.error {
             let _ = writeln!(out, "{e}");
@@ -90,25 +90,6 @@ pub(crate) fn journal_json(
         Err(e) => j["error"] = e.to_string().into(),
     }
     j
-}
-
-/// Prints aligned rows (the first is the header), trailing spaces trimmed.
-fn print_rows<const N: usize>(out: &mut impl Write, rows: &[[String; N]]) {
-    let mut width = [0usize; N];
-    for r in rows {
-        for (w, c) in width.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    for r in rows {
-        let line = r
-            .iter()
-            .zip(width)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ");
-        let _ = writeln!(out, "{}", line.trim_end());
-    }
 }
 
 /// `6144kB`, `?` when unreadable.
@@ -173,7 +154,7 @@ pub(crate) fn print_processes(scan: &Scan, gate: bool) {
             p.why_not.join("; "),
         ]);
     }
-    print_rows(&mut out, &rows);
+    let _ = write!(out, "{}", crate::exit::aligned(&rows));
     let n = scan
         .processes
         .iter()

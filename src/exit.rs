@@ -47,3 +47,26 @@ pub enum Output {
     Text,
     Json,
 }
+
+/// Rows aligned in columns two spaces apart (the first row is the header), one line each,
+/// trailing spaces trimmed: the table of `check`, `restore` and `status`.
+pub fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut width = [0usize; N];
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let line = r
+            .iter()
+            .zip(width)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}

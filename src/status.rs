@@ -260,23 +260,7 @@ pub fn render_table(rows: &[Row], now: Timestamp) -> String {
             r.heartbeat_age_seconds.map_or("-".into(), human),
         ]);
     }
-    let mut width = [0usize; 8];
-    for r in &cells {
-        for (w, c) in width.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in &cells {
-        let line = r
-            .iter()
-            .zip(width)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ");
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
+    let mut out = crate::exit::aligned(&cells);
     out.push('\n');
     out.push_str(&summary_line(rows));
     out.push('\n');

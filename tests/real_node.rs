@@ -159,6 +159,44 @@ impl Cluster {
         )
     }
 
+    /// Once the agent pods are gone, `cleanup` of the node with the admin's own credentials.
+    fn cleanup_once_agents_gone(&self) {
+        self.wait(60, "agent pods gone before cleanup", || {
+            self.pods(NS, "app.kubernetes.io/name=redis-node-tuner")
+                .is_empty()
+                .then_some(())
+        });
+        let cleanup = Out::of(
+            Command::new(BIN)
+                .args(["cleanup", "--node-name", NODE])
+                .env("KUBECONFIG", &self.kubeconfig)
+                .output()
+                .expect("redis-node-tuner cleanup"),
+        );
+        assert_eq!(cleanup.code, 0, "cleanup: {cleanup:?}");
+    }
+
+    /// Uninstall as the README says: the DaemonSet deleted (its pods gone), `cleanup` with the
+    /// admin's own credentials, the kustomization `dir` deleted.
+    fn uninstall_kustomization(&self, dir: &Path) {
+        self.ok(&[
+            "delete",
+            "daemonset",
+            "-n",
+            NS,
+            "redis-node-tuner",
+            "--wait=true",
+        ]);
+        self.cleanup_once_agents_gone();
+        self.ok(&[
+            "delete",
+            "-k",
+            &dir.to_string_lossy(),
+            "--wait=false",
+            "--ignore-not-found",
+        ]);
+    }
+
     /// `kubectl apply --server-side -k DIR`.
     fn apply_k(&self, dir: &Path) -> String {
         self.ok(&[
@@ -568,20 +606,13 @@ fn taint_keys(n: &Value) -> Vec<String> {
 /// lines; and those two lines with this test's values (the documented substitutions: the image
 /// built from this tree, this node's name).
 fn readme_quickstart(heading: &str) -> (String, String) {
-    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
-    let at = readme
-        .find(&format!("\n{heading}\n"))
-        .unwrap_or_else(|| panic!("README.md has no section {heading}"));
-    let section = &readme[at + 1..];
-    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
-    let start = section
-        .find("\n```sh\n")
-        .unwrap_or_else(|| panic!("no sh block in README {heading}"))
-        + "\n```sh\n".len();
-    let end = start + section[start..].find("\n```\n").expect("the block's end");
+    let blocks = common::readme_sh_blocks(heading);
+    let first = blocks
+        .first()
+        .unwrap_or_else(|| panic!("no sh block in README {heading}"));
     let (mut image, mut node) = (0, 0);
     let mut block = String::new();
-    for l in section[start..end].lines() {
+    for l in first.lines() {
         if l.starts_with("IMAGE=") {
             image += 1;
         } else if l.starts_with("NODE=") {
@@ -1445,35 +1476,7 @@ patches:
 
     // --- Uninstall as the README says: DaemonSet deleted, `cleanup` with the admin's own
     // credentials, the kustomization deleted, `restore` on the node.
-    cluster.ok(&[
-        "delete",
-        "daemonset",
-        "-n",
-        NS,
-        "redis-node-tuner",
-        "--wait=true",
-    ]);
-    cluster.wait(60, "agent pods gone before cleanup", || {
-        cluster
-            .pods(NS, "app.kubernetes.io/name=redis-node-tuner")
-            .is_empty()
-            .then_some(())
-    });
-    let cleanup = Out::of(
-        Command::new(BIN)
-            .args(["cleanup", "--node-name", NODE])
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .output()
-            .expect("redis-node-tuner cleanup"),
-    );
-    assert_eq!(cleanup.code, 0, "cleanup: {cleanup:?}");
-    cluster.ok(&[
-        "delete",
-        "-k",
-        &noexec.to_string_lossy(),
-        "--wait=false",
-        "--ignore-not-found",
-    ]);
+    cluster.uninstall_kustomization(&noexec);
     let n = cluster.node();
     assert!(
         n["metadata"]["labels"][LABEL].is_null(),
@@ -1591,35 +1594,7 @@ patches:
             "--wait=false",
         ]);
     }
-    cluster.ok(&[
-        "delete",
-        "daemonset",
-        "-n",
-        NS,
-        "redis-node-tuner",
-        "--wait=true",
-    ]);
-    cluster.wait(60, "agent pods gone before cleanup", || {
-        cluster
-            .pods(NS, "app.kubernetes.io/name=redis-node-tuner")
-            .is_empty()
-            .then_some(())
-    });
-    let cleanup = Out::of(
-        Command::new(BIN)
-            .args(["cleanup", "--node-name", NODE])
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .output()
-            .expect("redis-node-tuner cleanup"),
-    );
-    assert_eq!(cleanup.code, 0, "cleanup: {cleanup:?}");
-    cluster.ok(&[
-        "delete",
-        "-k",
-        &checkout.join("my-redis-node-tuner").to_string_lossy(),
-        "--wait=false",
-        "--ignore-not-found",
-    ]);
+    cluster.uninstall_kustomization(&checkout.join("my-redis-node-tuner"));
     let restore = Out::of(
         Command::new(BIN)
             .arg("restore")
@@ -1694,20 +1669,7 @@ patches:
         &kubeconfig,
     );
     assert_eq!(uninstall.code, 0, "helm uninstall: {uninstall:?}");
-    cluster.wait(60, "Helm-installed agent pods gone", || {
-        cluster
-            .pods(NS, "app.kubernetes.io/name=redis-node-tuner")
-            .is_empty()
-            .then_some(())
-    });
-    let cleanup = Out::of(
-        Command::new(BIN)
-            .args(["cleanup", "--node-name", NODE])
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .output()
-            .expect("redis-node-tuner cleanup"),
-    );
-    assert_eq!(cleanup.code, 0, "cleanup after helm uninstall: {cleanup:?}");
+    cluster.cleanup_once_agents_gone();
     let n = cluster.node();
     assert!(
         n["metadata"]["labels"][LABEL].is_null()

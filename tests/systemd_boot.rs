@@ -852,28 +852,13 @@ fn stop_restore_remove_and_purge_do_what_the_readme_says() {
     node.finish();
 }
 
-/// The `sh` blocks of the README section `heading`, in order.
-fn readme_blocks(heading: &str) -> Vec<String> {
-    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
-    let at = readme
-        .find(&format!("\n{heading}\n"))
-        .unwrap_or_else(|| panic!("README.md has no section {heading}"));
-    let section = &readme[at + 1..];
-    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
-    section
-        .split("\n```sh\n")
-        .skip(1)
-        .map(|b| b.split("\n```\n").next().unwrap_or_default().to_string())
-        .collect()
-}
-
 /// The README's bare-metal quickstart, as written (issue 22): its build block's `cargo deb` is
 /// the one [`deb`] runs (which adds only `--no-strip` and `--output`); its node block runs line
 /// by line, in /root of a booted node holding the package under its own name: `check` exits 1
 /// on the untuned kernel, every other line 0, and the node ends tuned with the unit running.
 #[test]
 fn the_readme_bare_metal_quickstart_runs_as_written() {
-    let blocks = readme_blocks("## Bare-metal quickstart (systemd)");
+    let blocks = common::readme_sh_blocks("## Bare-metal quickstart (systemd)");
     assert!(
         blocks.len() >= 2,
         "a build block and a node block first: {blocks:#?}"

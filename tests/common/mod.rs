@@ -280,3 +280,19 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// The `sh` blocks of the README section `heading` (`## …`, up to the next `## `), in order:
+/// what the suites that run the README's commands as written take them from.
+pub fn readme_sh_blocks(heading: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+    let at = readme
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("README.md has no section {heading}"));
+    let section = &readme[at + 1..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    section
+        .split("\n```sh\n")
+        .skip(1)
+        .map(|b| b.split("\n```\n").next().unwrap_or_default().to_string())
+        .collect()
+}
