@@ -159,6 +159,34 @@ impl Cluster {
         )
     }
 
+    /// `kubectl delete daemonset redis-node-tuner`, waiting for the deletion.
+    fn delete_daemonset(&self) {
+        self.ok(&[
+            "delete",
+            "daemonset",
+            "-n",
+            NS,
+            "redis-node-tuner",
+            "--wait=true",
+        ]);
+    }
+
+    /// Waits until the Namespace and the ClusterRole of an uninstalled `install` are gone.
+    fn install_gone(&self, install: &str) {
+        self.wait(
+            180,
+            &format!("{install} Namespace and ClusterRole gone"),
+            || {
+                (self.kubectl(&["get", "namespace", NS]).code != 0
+                    && self
+                        .kubectl(&["get", "clusterrole", "redis-node-tuner"])
+                        .code
+                        != 0)
+                    .then_some(())
+            },
+        );
+    }
+
     /// Once the agent pods are gone, `cleanup` of the node with the admin's own credentials.
     fn cleanup_once_agents_gone(&self) {
         self.wait(60, "agent pods gone before cleanup", || {
@@ -179,14 +207,7 @@ impl Cluster {
     /// Uninstall as the README says: the DaemonSet deleted (its pods gone), `cleanup` with the
     /// admin's own credentials, the kustomization `dir` deleted.
     fn uninstall_kustomization(&self, dir: &Path) {
-        self.ok(&[
-            "delete",
-            "daemonset",
-            "-n",
-            NS,
-            "redis-node-tuner",
-            "--wait=true",
-        ]);
+        self.delete_daemonset();
         self.cleanup_once_agents_gone();
         self.ok(&[
             "delete",
@@ -632,6 +653,17 @@ fn readme_quickstart(heading: &str) -> (String, String) {
     (
         format!("IMAGE=localhost/redis-node-tuner:real-node\nNODE={NODE}\n"),
         block,
+    )
+}
+
+/// `restore` on the node, from the journal the agents kept in its state directory.
+fn restore_node() -> Out {
+    Out::of(
+        Command::new(BIN)
+            .arg("restore")
+            .env("REDIS_NODE_TUNER_STATE_DIR", "/var/lib/redis-node-tuner")
+            .output()
+            .expect("redis-node-tuner restore"),
     )
 }
 
@@ -1418,14 +1450,7 @@ patches:
         "redis",
         "--wait=true",
     ]);
-    cluster.ok(&[
-        "delete",
-        "daemonset",
-        "-n",
-        NS,
-        "redis-node-tuner",
-        "--wait=true",
-    ]);
+    cluster.delete_daemonset();
     cluster.wait(60, "agent pods gone", || {
         cluster
             .pods(NS, "app.kubernetes.io/name=redis-node-tuner")
@@ -1487,13 +1512,7 @@ patches:
         "taint left: {n:#}"
     );
     assert!(node_condition(&n, COND).is_none(), "condition left: {n:#}");
-    let restore = Out::of(
-        Command::new(BIN)
-            .arg("restore")
-            .env("REDIS_NODE_TUNER_STATE_DIR", "/var/lib/redis-node-tuner")
-            .output()
-            .expect("redis-node-tuner restore"),
-    );
+    let restore = restore_node();
     assert_eq!(restore.code, 0, "restore: {restore:?}");
     // The originals the agent journalled on this node: the untuned values.
     assert_eq!(thp("enabled"), "always", "THP enabled restored");
@@ -1505,18 +1524,7 @@ patches:
     // the documented substitutions (NODE, IMAGE; the API server's loopback address added to the
     // agent pod by an admission policy of the test, as there is no kube-proxy). The node as a
     // new one of the pool: no pool label, no marks, untuned.
-    cluster.wait(
-        180,
-        "the kustomize install's Namespace and ClusterRole gone",
-        || {
-            (cluster.kubectl(&["get", "namespace", NS]).code != 0
-                && cluster
-                    .kubectl(&["get", "clusterrole", "redis-node-tuner"])
-                    .code
-                    != 0)
-                .then_some(())
-        },
-    );
+    cluster.install_gone("the kustomize install's");
     cluster.ok(&["label", "node", NODE, "dedicated-"]);
     loopback_apiserver_policy(&cluster);
     let example = std::fs::read_to_string(repo().join("deploy/examples/redis-statefulset.yaml"))
@@ -1595,13 +1603,7 @@ patches:
         ]);
     }
     cluster.uninstall_kustomization(&checkout.join("my-redis-node-tuner"));
-    let restore = Out::of(
-        Command::new(BIN)
-            .arg("restore")
-            .env("REDIS_NODE_TUNER_STATE_DIR", "/var/lib/redis-node-tuner")
-            .output()
-            .expect("redis-node-tuner restore"),
-    );
+    let restore = restore_node();
     assert_eq!(restore.code, 0, "restore after the quickstart: {restore:?}");
     assert_eq!(
         knob(OVERCOMMIT),
@@ -1613,18 +1615,7 @@ patches:
     // same substitutions), once the kustomize install is gone: the node untuned and unmarked,
     // `helm install` -> agent Ready, node tuned and marked; `helm uninstall`, `cleanup`,
     // `restore` -> the node as before.
-    cluster.wait(
-        180,
-        "the quickstart install's Namespace and ClusterRole gone",
-        || {
-            (cluster.kubectl(&["get", "namespace", NS]).code != 0
-                && cluster
-                    .kubectl(&["get", "clusterrole", "redis-node-tuner"])
-                    .code
-                    != 0)
-                .then_some(())
-        },
-    );
+    cluster.install_gone("the quickstart install's");
     let kubeconfig = [("KUBECONFIG", cluster.kubeconfig.as_path())];
     let installed = Instant::now();
     let (_, helm_block) = readme_quickstart("## Helm quickstart");
@@ -1678,13 +1669,7 @@ patches:
         "marks left after helm uninstall and cleanup: {n:#}"
     );
     cluster.ok(&["delete", "namespace", NS, "--wait=false"]);
-    let restore = Out::of(
-        Command::new(BIN)
-            .arg("restore")
-            .env("REDIS_NODE_TUNER_STATE_DIR", "/var/lib/redis-node-tuner")
-            .output()
-            .expect("redis-node-tuner restore"),
-    );
+    let restore = restore_node();
     assert_eq!(restore.code, 0, "restore after helm: {restore:?}");
     assert_eq!(thp("enabled"), "always", "THP enabled restored after helm");
     assert_eq!(knob(SOMAXCONN), "256", "somaxconn restored after helm");
