@@ -138,6 +138,7 @@ pub struct Metrics {
     /// Outages of the Kubernetes API (Kubernetes mode).
     pub kube_api_outages: Counter,
     redis_processes: Gauge,
+    redis_view_sees_host: Gauge,
     redis_in_sync: Family<OwnerCheckLabels, Gauge>,
     redis_listen_backlog: Family<OwnerLabel, Gauge>,
     redis_somaxconn: Family<OwnerLabel, Gauge>,
@@ -193,6 +194,7 @@ impl Metrics {
             kube_api_reachable: Family::default(),
             kube_api_outages: Counter::default(),
             redis_processes: Gauge::default(),
+            redis_view_sees_host: Gauge::default(),
             redis_in_sync: Family::default(),
             redis_listen_backlog: Family::default(),
             redis_somaxconn: Family::default(),
@@ -312,6 +314,11 @@ impl Metrics {
             m.redis_processes.clone(),
         );
         registry.register(
+            "redis_view_sees_host",
+            "1 when the Redis process scan sees the host's processes (hostPID or bare metal), 0 when it sees only the agent's own container: then redis_processes says nothing about Redis on the node",
+            m.redis_view_sees_host.clone(),
+        );
+        registry.register(
             "redis_process_in_sync",
             "1 when a Redis process's own view of a setting (check: overcommit, thp, somaxconn, backlog) is in sync, 0 when not; absent while unknown or not applicable",
             m.redis_in_sync.clone(),
@@ -405,6 +412,7 @@ impl Metrics {
     /// that went away removed.
     pub fn redis_view(&self, scan: &crate::procs::Scan) {
         self.redis_processes.set(scan.processes.len() as i64);
+        self.redis_view_sees_host.set(i64::from(scan.sees_host));
         let mut owners = self.redis_owners.lock().unwrap_or_else(|p| p.into_inner());
         let now: std::collections::HashSet<String> = scan
             .processes

@@ -428,7 +428,7 @@ fn only_alerts_about_redis_page_and_every_alert_waits() {
 /// each with the labels its documentation gives (kube-state-metrics docs/metrics/cluster/
 /// node-metrics.md, workload/pod-metrics.md, workload/daemonset-metrics.md). `job`, `instance`
 /// are target labels. kube_node_labels' `label_*` needs `--metric-labels-allowlist`.
-const EXTERNAL_METRICS: [(&str, &[&str]); 7] = [
+const EXTERNAL_METRICS: [(&str, &[&str]); 8] = [
     ("up", &["job"]),
     (
         "kube_node_labels",
@@ -450,6 +450,7 @@ const EXTERNAL_METRICS: [(&str, &[&str]); 7] = [
         ],
     ),
     ("kube_pod_status_ready", &["namespace", "pod", "condition"]),
+    ("kube_pod_status_phase", &["namespace", "pod", "phase"]),
     (
         "kube_daemonset_status_desired_number_scheduled",
         &["namespace", "daemonset"],

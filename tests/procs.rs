@@ -358,6 +358,16 @@ fn run_meters_each_redis_process_logs_it_out_of_sync_and_drops_its_series_when_i
         sample(&m, "redis_node_tuner_redis_processes ") >= 1.0,
         "{m}"
     );
+    // The scan of this machine's /proc sees the host's processes when this test runs in the
+    // initial PID namespace (kernel threads visible), as on the CI machine.
+    let host = std::fs::read_to_string("/proc/2/comm").is_ok_and(|c| c.trim_end() == "kthreadd");
+    assert!(
+        has_line(
+            &m,
+            &format!("redis_node_tuner_redis_view_sees_host {}", u8::from(host))
+        ),
+        "{m}"
+    );
     // A warning per check out of sync, with the process, its owner and why.
     let logs = run.logs();
     let line = logs

@@ -162,6 +162,9 @@ impl ProcessView {
 pub struct Scan {
     /// The procfs whose pid directories were scanned.
     pub proc_root: PathBuf,
+    /// Whether that procfs shows the host's processes (see [`sees_host`]): when it does not
+    /// (a pod without `hostPID`), finding no Redis says nothing about Redis on the node.
+    pub sees_host: bool,
     pub processes: Vec<ProcessView>,
 }
 
@@ -211,6 +214,13 @@ pub fn pids_root(proc_root: &Path) -> PathBuf {
     } else {
         PathBuf::from("/proc")
     }
+}
+
+/// Whether the procfs `root` shows the host's processes: the initial PID namespace, the only
+/// one where kernel threads are visible (`kthreadd` is always its PID 2). A pod without
+/// `hostPID` sees its own container's processes only.
+pub fn sees_host(root: &Path) -> bool {
+    std::fs::read_to_string(root.join("2/comm")).is_ok_and(|c| c.trim_end() == "kthreadd")
 }
 
 /// Scans repeatedly, keeping each namespace's descriptors between scans.
@@ -274,6 +284,7 @@ impl Scanner {
         self.namespaces.retain(|id, _| facts.contains_key(id));
         unique_labels(&mut processes);
         Scan {
+            sees_host: sees_host(&self.root),
             proc_root: self.root.clone(),
             processes,
         }

@@ -196,3 +196,14 @@ fn unreadable_namespace_is_unknown_with_the_reason() {
     assert_eq!(p.in_sync, None);
     assert!(p.why("somaxconn").is_some_and(|w| w.contains("ns/net")));
 }
+
+#[test]
+fn the_host_is_seen_where_kthreadd_is_pid_2() {
+    let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    assert!(!sees_host(d.path()), "no pid 2");
+    std::fs::create_dir_all(d.path().join("2")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(d.path().join("2/comm"), "pause\n").unwrap_or_else(|e| panic!("{e}"));
+    assert!(!sees_host(d.path()), "a container's pid 2");
+    std::fs::write(d.path().join("2/comm"), "kthreadd\n").unwrap_or_else(|e| panic!("{e}"));
+    assert!(sees_host(d.path()));
+}
