@@ -469,9 +469,6 @@ pub fn run_cli(cli: Cli) -> Exit {
     if let Command::Cleanup = &cli.command {
         return cleanup(&cli);
     }
-    if let Command::Status { .. } = &cli.command {
-        return status(&cli);
-    }
     if let Err(msg) = kube_timeout(&cli) {
         eprintln!("error: {msg}");
         return Exit::Usage;
@@ -569,7 +566,20 @@ pub fn run_cli(cli: Cli) -> Exit {
             )
         }
         Command::Cleanup => cleanup(&cli),
-        Command::Status { .. } => status(&cli),
+        Command::Status {
+            output,
+            selector,
+            all,
+            heartbeat,
+            chunk_size,
+        } => status(
+            &cli,
+            *output,
+            selector.as_deref(),
+            *all,
+            heartbeat,
+            *chunk_size,
+        ),
         Command::Wait {
             tcp_backlog,
             timeout,
@@ -666,17 +676,14 @@ fn cleanup(cli: &Cli) -> Exit {
 }
 
 /// `status`: the fleet view.
-fn status(cli: &Cli) -> Exit {
-    let Command::Status {
-        output,
-        selector,
-        all,
-        heartbeat,
-        chunk_size,
-    } = &cli.command
-    else {
-        return Exit::Usage;
-    };
+fn status(
+    cli: &Cli,
+    output: StatusOutput,
+    selector: Option<&str>,
+    all: bool,
+    heartbeat: &str,
+    chunk_size: u32,
+) -> Exit {
     let Some(period) = profile::parse_duration(heartbeat).filter(|d| d.as_secs() >= 1) else {
         eprintln!("error: --heartbeat {heartbeat:?}: expected a duration of at least 1s (e.g. 5m)");
         return Exit::Usage;
@@ -690,14 +697,14 @@ fn status(cli: &Cli) -> Exit {
     };
     let opts = crate::status::ListOptions {
         kubeconfig: cli.kubeconfig.clone(),
-        selector: selector.clone().filter(|s| !s.is_empty()),
-        chunk_size: *chunk_size,
+        selector: selector.filter(|s| !s.is_empty()).map(String::from),
+        chunk_size,
         request_timeout,
     };
     let view = crate::status::View {
         condition_type: cli.condition_type.clone(),
         stale_after: period.saturating_mul(crate::status::STALE_PERIODS),
-        unmarked: *all || opts.selector.is_some(),
+        unmarked: all || opts.selector.is_some(),
         now: k8s_openapi::jiff::Timestamp::now(),
     };
     let rt = match runtime() {

@@ -636,30 +636,10 @@ mod tests {
         );
     }
 
-    fn knob(name: &str, desired: &str, actual: Option<&str>) -> crate::agent::KnobReport {
-        crate::agent::KnobReport {
-            name: name.into(),
-            setting: name.into(),
-            desired: desired.into(),
-            actual: actual.map(Into::into),
-            in_sync: actual == Some(desired),
-            mode: crate::profile::Mode::Enforce,
-            state: crate::reconcile::StateKind::InSync,
-            error: None,
-            contested: false,
-            desired_number: None,
-            actual_number: None,
-        }
-    }
+    use crate::testing::knob;
 
     fn report(settings: Vec<crate::agent::KnobReport>) -> Report {
-        Report {
-            ready: true,
-            netns: String::new(),
-            settings,
-            lock_missing: None,
-            redis_out_of_sync: vec![],
-        }
+        crate::testing::report(true, settings)
     }
 
     /// The `setting_value_info` samples, sorted.

@@ -113,17 +113,9 @@ pub struct View {
 /// `view.unmarked`).
 pub fn row(node: &Node, view: &View) -> Option<Row> {
     let name = node.metadata.name.clone().unwrap_or_default();
-    let label = node
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(LABEL))
-        .is_some_and(|v| v == "true");
-    let labelled = node
-        .metadata
-        .labels
-        .as_ref()
-        .is_some_and(|l| l.contains_key(LABEL));
+    let label_value = node.metadata.labels.as_ref().and_then(|l| l.get(LABEL));
+    let label = label_value.is_some_and(|v| v == "true");
+    let labelled = label_value.is_some();
     let taint = taints(node)
         .iter()
         .find(|t| t.key == TAINT_KEY)
@@ -269,27 +261,29 @@ pub fn render_table(rows: &[Row], now: Timestamp) -> String {
 
 /// `300 nodes: 200 ready, 40 not ready, 20 stale, ...` (states with no node left out).
 pub fn summary_line(rows: &[Row]) -> String {
-    let count = |s: State| rows.iter().filter(|r| r.state == s).count();
+    let s = Summary::of(rows);
     let parts: Vec<String> = [
-        (State::Ready, "ready"),
-        (State::NotReady, "not ready"),
-        (State::Stale, "stale"),
-        (State::Unknown, "unknown"),
-        (State::NoAgent, "no agent"),
-        (State::Unmarked, "unmarked"),
+        (s.ready, "ready"),
+        (s.not_ready, "not ready"),
+        (s.stale, "stale"),
+        (s.unknown, "unknown"),
+        (s.no_agent, "no agent"),
+        (s.unmarked, "unmarked"),
     ]
     .iter()
-    .filter(|(s, _)| count(*s) > 0 || *s == State::Ready)
-    .map(|(s, w)| format!("{} {w}", count(*s)))
+    .enumerate()
+    .filter(|(i, (n, _))| *n > 0 || *i == 0)
+    .map(|(_, (n, w))| format!("{n} {w}"))
     .collect();
-    let n = rows.len();
     format!(
-        "{n} node{}: {}",
-        if n == 1 { "" } else { "s" },
+        "{} node{}: {}",
+        s.nodes,
+        if s.nodes == 1 { "" } else { "s" },
         parts.join(", ")
     )
 }
 
+/// How many rows there are, and in each [`State`].
 #[derive(Serialize)]
 struct Summary {
     nodes: usize,
@@ -299,6 +293,21 @@ struct Summary {
     unknown: usize,
     no_agent: usize,
     unmarked: usize,
+}
+
+impl Summary {
+    fn of(rows: &[Row]) -> Summary {
+        let count = |s: State| rows.iter().filter(|r| r.state == s).count();
+        Summary {
+            nodes: rows.len(),
+            ready: count(State::Ready),
+            not_ready: count(State::NotReady),
+            stale: count(State::Stale),
+            unknown: count(State::Unknown),
+            no_agent: count(State::NoAgent),
+            unmarked: count(State::Unmarked),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -314,20 +323,11 @@ struct Document<'a> {
 /// {"nodes", "ready", "not_ready", "stale", "unknown", "no_agent", "unmarked"}, "nodes":
 /// [Row...]}`, sorted as the table.
 pub fn render_json(rows: &[Row], view: &View) -> String {
-    let count = |s: State| rows.iter().filter(|r| r.state == s).count();
     let doc = Document {
         condition_type: view.condition_type.as_str(),
         stale_after_seconds: view.stale_after.as_secs(),
         generated_at: view.now,
-        summary: Summary {
-            nodes: rows.len(),
-            ready: count(State::Ready),
-            not_ready: count(State::NotReady),
-            stale: count(State::Stale),
-            unknown: count(State::Unknown),
-            no_agent: count(State::NoAgent),
-            unmarked: count(State::Unmarked),
-        },
+        summary: Summary::of(rows),
         nodes: rows,
     };
     serde_json::to_string_pretty(&doc).unwrap_or_default()

@@ -127,3 +127,37 @@ pub fn target<'a>(ts: &'a mut [Target], name: &str) -> &'a mut Target {
 pub fn file<'a>(ts: &'a mut [Target], name: &str) -> &'a mut KnobFile {
     &mut target(ts, name).file
 }
+
+/// A knob of an enforce-mode [`Report`](crate::agent::Report): in sync when `actual` is
+/// `desired` (state `InSync`, else `Drift`), no error; unreadable when `actual` is `None`.
+pub fn knob(name: &str, desired: &str, actual: Option<&str>) -> crate::agent::KnobReport {
+    let in_sync = actual == Some(desired);
+    crate::agent::KnobReport {
+        name: name.into(),
+        setting: name.into(),
+        desired: desired.into(),
+        actual: actual.map(Into::into),
+        in_sync,
+        mode: crate::profile::Mode::Enforce,
+        state: if in_sync {
+            crate::reconcile::StateKind::InSync
+        } else {
+            crate::reconcile::StateKind::Drift
+        },
+        error: None,
+        contested: false,
+        desired_number: None,
+        actual_number: None,
+    }
+}
+
+/// A report of `settings`, said `ready` or not, with nothing else in it.
+pub fn report(ready: bool, settings: Vec<crate::agent::KnobReport>) -> crate::agent::Report {
+    crate::agent::Report {
+        ready,
+        netns: String::new(),
+        settings,
+        lock_missing: None,
+        redis_out_of_sync: vec![],
+    }
+}

@@ -385,33 +385,19 @@ pub(crate) mod tests {
     use crate::agent::KnobReport;
     use crate::reconcile::StateKind;
 
+    pub(crate) use crate::testing::report;
+
+    /// A knob whose profile wants `1`, with `actual`, said in sync or not, and its error.
     pub(crate) fn knob(name: &str, actual: &str, in_sync: bool, error: Option<&str>) -> KnobReport {
         KnobReport {
-            name: name.into(),
-            setting: name.into(),
-            desired: "1".into(),
-            actual: Some(actual.into()),
             in_sync,
-            mode: Mode::Enforce,
             state: if in_sync {
                 StateKind::InSync
             } else {
                 StateKind::Drift
             },
             error: error.map(String::from),
-            contested: false,
-            desired_number: None,
-            actual_number: None,
-        }
-    }
-
-    pub(crate) fn report(ready: bool, settings: Vec<KnobReport>) -> Report {
-        Report {
-            ready,
-            netns: String::new(),
-            settings,
-            lock_missing: None,
-            redis_out_of_sync: vec![],
+            ..crate::testing::knob(name, "1", Some(actual))
         }
     }
 

@@ -228,6 +228,8 @@ pub fn sees_host(root: &Path) -> bool {
 pub struct Scanner {
     opts: ScanOptions,
     root: PathBuf,
+    /// [`sees_host`] of `root`, once: the PID namespace a procfs shows does not change.
+    sees_host: bool,
     pods: owner::PodNames,
     /// `SOMAXCONN` of this kernel: what a new namespace starts with.
     new_ns_somaxconn: Option<u32>,
@@ -242,8 +244,10 @@ struct NsFacts {
 
 impl Scanner {
     pub fn new(opts: ScanOptions) -> Scanner {
+        let root = pids_root(&opts.proc_root);
         Scanner {
-            root: pids_root(&opts.proc_root),
+            sees_host: sees_host(&root),
+            root,
             pods: owner::PodNames::new(&opts.pod_logs_dir),
             new_ns_somaxconn: new_netns_somaxconn(&kernel_release()),
             namespaces: HashMap::new(),
@@ -284,7 +288,7 @@ impl Scanner {
         self.namespaces.retain(|id, _| facts.contains_key(id));
         unique_labels(&mut processes);
         Scan {
-            sees_host: sees_host(&self.root),
+            sees_host: self.sees_host,
             proc_root: self.root.clone(),
             processes,
         }
